@@ -1,0 +1,3 @@
+from r1local.cli import main
+
+raise SystemExit(main())

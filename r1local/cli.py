@@ -1,0 +1,83 @@
+"""Command line entry point: parse arguments and hand each verb to its own module.
+
+Only argparse is imported here. Each verb lives in ``r1local/commands/<verb>.py`` and is
+imported only when that verb runs, so ``r1local --help`` never pays for llama.cpp,
+numpy or huggingface_hub.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from r1local import __version__
+
+# verb -> (module under r1local.commands, one-line summary). Order is the order of --help.
+VERBS: dict[str, tuple[str, str]] = {
+    "hw": ("hw", "check this machine and what each R1 model would need on it"),
+    "pull": ("pull", "download a model by tag (e.g. 8b, 14b:Q4_K_M) into the local store"),
+    "run": ("run", "chat with a model in the terminal, or answer one prompt"),
+    "serve": ("serve", "serve models over Ollama- and OpenAI-compatible HTTP APIs"),
+    "convert": ("convert", "convert a Hugging Face checkpoint to GGUF at a chosen quant"),
+    "list": ("list_models", "list the models in the local store"),
+    "show": ("show", "show a model's details and the plan for this machine"),
+    "rm": ("rm", "remove a model from the local store"),
+    "import": ("import_gguf", "add a GGUF file you already have to the store"),
+}
+
+
+def _load(verb: str):
+    module_name, _ = VERBS[verb]
+    return importlib.import_module(f"r1local.commands.{module_name}")
+
+
+def _find_verb(argv: Sequence[str]) -> str | None:
+    for token in argv:
+        if token in VERBS:
+            return token
+        if not token.startswith("-"):
+            return None
+    return None
+
+
+def build_parser(verb: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="r1local",
+        description="Run the DeepSeek-R1 family on this machine.",
+    )
+    parser.add_argument("--version", action="version", version=f"r1local {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", title="commands")
+    for name, (_, summary) in VERBS.items():
+        p = sub.add_parser(name, help=summary, description=summary)
+        if name == verb:
+            _load(name).add_arguments(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verb = _find_verb(argv)
+    parser = build_parser(verb)
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 0
+
+    from r1local.errors import R1LocalError
+
+    try:
+        return int(_load(args.verb).run(args) or 0)
+    except R1LocalError as err:
+        print(f"r1local: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("r1local: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
