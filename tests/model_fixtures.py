@@ -91,22 +91,32 @@ class StandinShape:
         return (per_layer * self.n_layers + emb) * itemsize
 
 
-def shape_for_size(target_bytes: int, dtype: str = "F16", n_layers: int | None = None) -> StandinShape:
-    """A stand-in shape whose weights come to roughly ``target_bytes``.
+def shape_for_size(target_bytes: int, dtype: str = "F16") -> StandinShape:
+    """A stand-in shape whose weights come to about ``target_bytes`` (from ~80 MB up).
 
-    Widths are multiples of 256 so that every K-quant can be applied to the result.
+    Widths are multiples of 256 so every K-quant applies; heads are 128 wide and grouped
+    4 to a KV head as in the real models. The 152k-token embedding dominates small sizes,
+    so width, depth and tied/untied output are searched together; among shapes within 5%
+    of the target, the one nearest a real model's depth (~24 layers) wins.
     """
-    best = None
-    for n_embd in range(256, 8192 + 1, 256):
-        layers = n_layers or max(2, min(48, n_embd // 128))
-        shape = StandinShape(n_embd=n_embd, n_layers=layers, n_ff=n_embd * 3,
-                             n_head=max(2, n_embd // 128), n_kv_head=max(1, n_embd // 512),
-                             dtype=dtype, tied_output=False)
-        if best is None or abs(shape.weight_bytes() - target_bytes) < abs(best.weight_bytes() - target_bytes):
-            best = shape
-        if shape.weight_bytes() > target_bytes:
-            break
-    return best
+    candidates: list[StandinShape] = []
+    for n_embd in [256, *range(512, 8192 + 1, 512)]:
+        n_head = max(2, n_embd // 128)
+        for tied in (True, False):
+            base = dict(n_embd=n_embd, n_ff=n_embd * 3, n_head=n_head,
+                        n_kv_head=max(1, n_head // 4), dtype=dtype, tied_output=tied)
+            one = StandinShape(n_layers=1, **base).weight_bytes()
+            per_layer = StandinShape(n_layers=2, **base).weight_bytes() - one
+            layers = max(1, min(64, round((target_bytes - (one - per_layer)) / per_layer)))
+            candidates.append(StandinShape(n_layers=layers, **base))
+
+    def error(s: StandinShape) -> float:
+        return abs(s.weight_bytes() - target_bytes) / target_bytes
+
+    close = [s for s in candidates if error(s) <= 0.05]
+    if close:
+        return min(close, key=lambda s: (abs(s.n_layers - 24), error(s)))
+    return min(candidates, key=error)
 
 
 _ARCH_KEYS_DROPPED = ("qwen2.", "general.file_type", "general.quantization_version",

@@ -80,3 +80,27 @@ def test_smollm2_chats(smollm2):
         [{"role": "user", "content": "What is the capital of France? One word."}],
         max_tokens=16, temperature=0.0)
     assert "Paris" in out["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize("target", [128 << 20, 400 << 20, 1 << 30, 4 << 30])
+def test_standin_size_is_a_parameter(target):
+    from model_fixtures import shape_for_size
+
+    shape = shape_for_size(target)
+    assert abs(shape.weight_bytes() - target) / target < 0.2
+    assert shape.n_embd % 256 == 0 and shape.n_ff % 256 == 0  # K-quants need 256-wide rows
+    assert shape.n_head % shape.n_kv_head == 0 and shape.n_embd // shape.n_head == 128
+
+
+def test_sized_standin_builds_loads_and_matches_its_estimate():
+    from model_fixtures import build_r1_standin, shape_for_size
+    from r1local.ggufinfo import read_header
+
+    shape = shape_for_size(100 << 20)
+    path = build_r1_standin(shape)
+    header = read_header(path, check_architecture=True)
+    assert header.tensor_bytes == shape.weight_bytes() + 4 * sum(
+        t.n_elements for t in header.tensors if len(t.shape) == 1)
+    llm = llama_cpp.Llama(str(path), n_ctx=256, n_threads=2, verbose=False)
+    assert llm.n_embd() == shape.n_embd
+    assert llm.create_completion("Hi", max_tokens=2)["usage"]["completion_tokens"] >= 1
