@@ -1,0 +1,401 @@
+"""Load a GGUF with a Plan and stream chat or raw completions from llama.cpp.
+
+The only runtime module that imports llama_cpp (lazily, inside Engine.load, so importing
+this module for its dataclasses stays cheap). The token loop is our own, over llama.cpp's
+eval and sampler: that is what lets the thinking budget put `</think>` into the context,
+the loop guard stop a repeating model, and Ctrl-C cancel between tokens.
+
+Generation is not thread-safe: callers serialize use of one Engine.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+from r1local.errors import ModelFileError, R1LocalError
+from r1local.reasoning import (
+    ANSWER, BUDGET_CLOSE, THINK_OPEN, Chunk, LoopGuard, StopMatcher, ThinkSplitter,
+    fold_system, strip_reasoning,
+)
+
+if TYPE_CHECKING:
+    from r1local.planner import Plan
+
+__all__ = ["Chunk", "ContextFullError", "Engine", "GenerationSettings", "Stats"]
+
+# Plan.kv_type -> ggml type id (llama.cpp's GGML_TYPE_*); kept here to avoid importing
+# llama_cpp just for three constants.
+KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}
+DEFAULT_CTX = 4096  # without a plan: enough for a few reasoning turns, cheap in KV memory
+RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp picks a random seed
+
+# Used only when a GGUF carries no chat template (ChatML, the most common fallback).
+FALLBACK_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+class ContextFullError(R1LocalError):
+    """The prompt does not fit in the context window."""
+
+
+@dataclass
+class GenerationSettings:
+    temperature: float = 0.6  # DeepSeek's recommendation for R1 (0.5-0.7)
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0
+    seed: int | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()  # applies to the answer, not to the reasoning
+    think_budget: int | None = None  # reasoning tokens before `</think>` is forced
+    loop_guard: bool = True
+
+
+@dataclass
+class Stats:
+    prompt_tokens: int
+    completion_tokens: int
+    thinking_tokens: int
+    prompt_seconds: float
+    decode_seconds: float  # from the first generated token to the last
+    load_seconds: float
+    finish_reason: str  # "stop" | "length" | "cancelled" | "loop"
+    prompt_eval_tokens: int = 0  # prompt tokens actually evaluated (the rest were cached)
+    ttft_seconds: float = 0.0  # from the call to the first generated token
+    context_tokens: int = 0  # tokens in the context after this call
+    n_ctx: int = 0
+    forced_answer: bool = False  # the thinking budget closed the reasoning
+
+    @property
+    def prompt_tok_s(self) -> float:
+        n = self.prompt_eval_tokens or self.prompt_tokens
+        return n / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
+
+    @property
+    def decode_tok_s(self) -> float:
+        # n tokens span n-1 decode steps between the first and the last
+        steps = self.completion_tokens - 1
+        return steps / self.decode_seconds if steps > 0 and self.decode_seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["prompt_tok_s"] = round(self.prompt_tok_s, 2)
+        d["decode_tok_s"] = round(self.decode_tok_s, 2)
+        return d
+
+
+def _default_threads() -> int:
+    try:
+        from r1local.hardware import probe
+
+        return max(1, probe().physical_cores)
+    except Exception:  # the probe is optional here: fall back to the OS count
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class _LoadParams:
+    n_ctx: int
+    n_gpu_layers: int
+    n_threads: int
+    n_batch: int = 512
+    n_ubatch: int = 512
+    flash_attn: bool = False
+    kv_type: str = "f16"
+    use_mmap: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine:
+    name: str
+    path: Path
+    plan: "Plan | None"
+    n_ctx: int
+    is_reasoning: bool
+    last_stats: Stats | None
+
+    def __init__(self) -> None:  # use Engine.load
+        self.last_stats = None
+        self._llm: Any = None
+
+    # ---- loading ---------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: Path | str, plan: "Plan | None" = None, *, n_ctx: int | None = None,
+             n_gpu_layers: int | None = None, n_threads: int | None = None,
+             verbose: bool | None = None) -> "Engine":
+        """Validate the GGUF, then load it with the plan's settings (overrides win)."""
+        from r1local.ggufinfo import read_header
+
+        path = Path(path)
+        # llama.cpp may crash on a bad file: check magic, extents, architecture first
+        header = read_header(path, check_architecture=True, max_array=256)
+        train_ctx = header.arch_value("context_length")
+        params = _params_from(plan, train_ctx)
+        if n_ctx is not None:
+            params.n_ctx = n_ctx
+        if n_gpu_layers is not None:
+            params.n_gpu_layers = n_gpu_layers
+        if n_threads is not None:
+            params.n_threads = n_threads
+        if params.n_ctx < 16:
+            raise R1LocalError(f"a context of {params.n_ctx} tokens is too small (use >= 512)")
+        if verbose is None:
+            verbose = bool(os.environ.get("R1LOCAL_VERBOSE"))
+
+        import llama_cpp
+
+        self = cls()
+        self.path = path
+        self.plan = plan
+        self._header_meta = {k: v for k, v in header.metadata.items()
+                             if isinstance(v, (str, int, float, bool))}
+        self.name = str(header.get("general.name") or path.stem)
+        kv = KV_TYPES.get(params.kv_type, KV_TYPES["f16"])
+        # llama.cpp needs flash attention for a quantized V cache
+        flash = params.flash_attn or kv != KV_TYPES["f16"]
+        t0 = time.perf_counter()
+        try:
+            self._llm = llama_cpp.Llama(
+                model_path=str(path), n_ctx=params.n_ctx, n_gpu_layers=params.n_gpu_layers,
+                n_threads=params.n_threads, n_threads_batch=params.n_threads,
+                n_batch=params.n_batch, n_ubatch=params.n_ubatch, flash_attn=flash,
+                type_k=kv, type_v=kv, use_mmap=params.use_mmap, verbose=verbose,
+            )
+        except (ValueError, RuntimeError) as err:
+            raise ModelFileError(f"llama.cpp could not load {path.name}: {err}") from None
+        self.load_seconds = time.perf_counter() - t0
+        self.n_ctx = self._llm.n_ctx()
+        self.n_threads = params.n_threads
+        self.n_gpu_layers = params.n_gpu_layers
+        self.n_batch = params.n_batch
+        self.kv_type = params.kv_type
+        self.flash_attn = flash
+        self._setup_vocab(header)
+        return self
+
+    def _setup_vocab(self, header: Any) -> None:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        llm = self._llm
+        self._vocab = llm._model.vocab
+        bos, eos = llm.token_bos(), llm.token_eos()
+        self._bos = bos
+        self._bos_text = llm.detokenize([bos], special=True).decode("utf-8", "replace") if bos >= 0 else ""
+        eos_text = llm.detokenize([eos], special=True).decode("utf-8", "replace") if eos >= 0 else ""
+        template = header.get("tokenizer.chat_template")
+        self.chat_template = template if isinstance(template, str) and template else FALLBACK_TEMPLATE
+        self._formatter = Jinja2ChatFormatter(self.chat_template, eos_text, self._bos_text)
+        think_ids = llm.tokenize(THINK_OPEN.encode(), add_bos=False, special=True)
+        self.is_reasoning = THINK_OPEN in self.chat_template or len(think_ids) == 1
+
+    def close(self) -> None:
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- text <-> tokens -------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_bos: bool = False) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    @property
+    def context_used(self) -> int:
+        """Tokens in the KV cache now (the last prompt and its completion)."""
+        return int(self._llm.n_tokens) if self._llm is not None else 0
+
+    def prepare_messages(self, messages: Sequence[dict]) -> list[dict]:
+        """History as the model should see it: earlier reasoning stripped and, for
+        reasoning models, the system prompt folded into the first user turn."""
+        msgs = strip_reasoning(messages)
+        return fold_system(msgs) if self.is_reasoning else msgs
+
+    def format_chat(self, messages: Sequence[dict]) -> str:
+        """The exact prompt the model sees, ending (for reasoning models) in `<think>\\n`."""
+        msgs = self.prepare_messages(messages)
+        try:
+            prompt = self._formatter(messages=msgs).prompt
+        except Exception as err:  # a template error is the caller's input problem
+            raise R1LocalError(f"the model's chat template failed on these messages: {err}") from None
+        if self.is_reasoning and not prompt.rstrip(" ").endswith(THINK_OPEN):
+            prompt += THINK_OPEN + "\n"  # DeepSeek: make the output start with <think>\n
+        return prompt
+
+    def _prompt_tokens(self, prompt: str) -> list[int]:
+        # templates print the BOS text themselves: then llama.cpp must not add another
+        has_bos = bool(self._bos_text) and prompt.startswith(self._bos_text)
+        return self._llm.tokenize(prompt.encode("utf-8"), add_bos=not has_bos, special=True)
+
+    # ---- generation ------------------------------------------------------------------
+
+    def chat(self, messages: list[dict], settings: GenerationSettings | None = None, *,
+             cancel: threading.Event | None = None) -> Iterator[Chunk]:
+        prompt = self.format_chat(messages)
+        started = self.is_reasoning and prompt.rstrip().endswith(THINK_OPEN)
+        return self._generate(self._prompt_tokens(prompt), settings or GenerationSettings(),
+                              cancel, ThinkSplitter(started=started) if self.is_reasoning else None)
+
+    def complete(self, prompt: str, settings: GenerationSettings | None = None, *,
+                 cancel: threading.Event | None = None) -> Iterator[Chunk]:
+        return self._generate(self._prompt_tokens(prompt), settings or GenerationSettings(),
+                              cancel, None)
+
+    def _is_eog(self, token: int) -> bool:
+        import llama_cpp
+
+        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    def _reuse_prefix(self, tokens: list[int]) -> int:
+        """Keep the cached KV of the longest common prefix (the previous turns)."""
+        llm = self._llm
+        cached = llm.input_ids[: llm.n_tokens]
+        n = 0
+        limit = min(len(cached), len(tokens) - 1)  # at least one token must be evaluated
+        while n < limit and cached[n] == tokens[n]:
+            n += 1
+        if n > 0 and llm._ctx.kv_cache_seq_rm(-1, n, -1):
+            llm.n_tokens = n
+            return n
+        llm.reset()
+        return 0
+
+    def _generate(self, tokens: list[int], s: GenerationSettings,
+                  cancel: threading.Event | None, splitter: ThinkSplitter | None) -> Iterator[Chunk]:
+        if self._llm is None:
+            raise R1LocalError("the model was closed")
+        if len(tokens) >= self.n_ctx:
+            raise ContextFullError(
+                f"the prompt is {len(tokens)} tokens but the context holds {self.n_ctx}",
+                hint="shorten it, drop earlier turns, or load with a larger --ctx")
+        return self._run(tokens, s, cancel, splitter)
+
+    def _run(self, tokens: list[int], s: GenerationSettings,
+             cancel: threading.Event | None, splitter: ThinkSplitter | None) -> Iterator[Chunk]:
+        llm = self._llm
+        t_call = time.perf_counter()
+        stats = Stats(prompt_tokens=len(tokens), completion_tokens=0, thinking_tokens=0,
+                      prompt_seconds=0.0, decode_seconds=0.0, load_seconds=self.load_seconds,
+                      finish_reason="stop", n_ctx=self.n_ctx)
+        self.last_stats = stats
+        budget = s.think_budget
+        inject_now: list[int] = []
+        if splitter is not None and budget is not None and budget <= 0 and splitter.in_thinking:
+            splitter.feed(BUDGET_CLOSE)  # no reasoning at all: close it in the prompt
+            tokens = tokens + self.tokenize(BUDGET_CLOSE)
+            stats.forced_answer = True
+        stops = StopMatcher(s.stop)
+        guard = LoopGuard() if s.loop_guard else None
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        max_new = s.max_tokens if s.max_tokens is not None else self.n_ctx
+        llm.set_seed(RANDOM_SEED if s.seed is None else int(s.seed) & 0xFFFFFFFF)
+        sampler = llm._init_sampler(top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
+                                    temp=s.temperature, repeat_penalty=s.repeat_penalty)
+
+        def emit(chunks: list[Chunk]) -> list[Chunk]:
+            out = []
+            for c in chunks:
+                if c.kind == ANSWER and s.stop:
+                    c = Chunk(ANSWER, stops.feed(c.text))
+                    if stops.stopped:
+                        stats.finish_reason = "stop"
+                if c.text:
+                    out.append(c)
+            return out
+
+        t_first = t_last = 0.0
+        try:
+            reused = self._reuse_prefix(tokens)
+            rest = tokens[reused:]
+            stats.prompt_eval_tokens = len(rest)
+            t0 = time.perf_counter()
+            for i in range(0, len(rest), self.n_batch):  # batches: cancellable between them
+                if cancel is not None and cancel.is_set():
+                    stats.finish_reason = "cancelled"
+                    return
+                llm.eval(rest[i:i + self.n_batch])
+            stats.prompt_seconds = time.perf_counter() - t0
+            while True:
+                if cancel is not None and cancel.is_set():
+                    stats.finish_reason = "cancelled"
+                    break
+                token = sampler.sample(llm._ctx, -1)
+                t_last = time.perf_counter()
+                if not t_first:
+                    t_first = t_last
+                    stats.ttft_seconds = t_first - t_call
+                if self._is_eog(token):
+                    stats.finish_reason = "stop"
+                    break
+                stats.completion_tokens += 1
+                if splitter is not None and not splitter.thinking_closed and not splitter.in_answer:
+                    stats.thinking_tokens += 1
+                text = decoder.decode(llm.detokenize([token]))
+                chunks = splitter.feed(text) if splitter is not None else [Chunk(ANSWER, text)]
+                out = emit(chunks)
+                if out:
+                    yield from out
+                if stops.stopped:
+                    break
+                if guard is not None and guard.add(token):
+                    stats.finish_reason = "loop"
+                    break
+                if stats.completion_tokens >= max_new or llm.n_tokens + 2 >= self.n_ctx:
+                    stats.finish_reason = "length"
+                    break
+                inject_now = [token]
+                if (splitter is not None and budget is not None and splitter.in_thinking
+                        and stats.thinking_tokens >= budget):
+                    # budget spent: close the reasoning in the context, then the answer follows
+                    extra = self.tokenize(BUDGET_CLOSE)
+                    if llm.n_tokens + 1 + len(extra) + 2 < self.n_ctx:
+                        inject_now += extra
+                        yield from emit(splitter.feed(BUDGET_CLOSE))
+                        stats.forced_answer = True
+                        if guard is not None:
+                            guard.reset()
+                llm.eval(inject_now)
+            tail = decoder.decode(b"", final=True)
+            chunks = (splitter.feed(tail) + splitter.flush()) if splitter is not None else [Chunk(ANSWER, tail)]
+            yield from emit(chunks)
+            rest_text = stops.flush()
+            if rest_text:
+                yield Chunk(ANSWER, rest_text)
+        except GeneratorExit:
+            stats.finish_reason = "cancelled"
+            raise
+        finally:
+            stats.decode_seconds = (t_last - t_first) if t_first else 0.0
+            stats.context_tokens = int(llm.n_tokens)
+
+
+def _params_from(plan: "Plan | None", train_ctx: Any) -> _LoadParams:
+    if plan is not None:
+        return _LoadParams(
+            n_ctx=int(plan.n_ctx), n_gpu_layers=int(plan.n_gpu_layers),
+            n_threads=int(plan.n_threads) or _default_threads(),
+            n_batch=int(plan.n_batch) or 512, n_ubatch=int(plan.n_ubatch) or 512,
+            flash_attn=bool(plan.flash_attn), kv_type=str(plan.kv_type),
+            use_mmap=bool(plan.use_mmap),
+        )
+    ctx = DEFAULT_CTX
+    if isinstance(train_ctx, int) and train_ctx > 0:
+        ctx = min(ctx, train_ctx)
+    return _LoadParams(n_ctx=ctx, n_gpu_layers=0, n_threads=_default_threads())
