@@ -1,4 +1,10 @@
-"""`r1local run`: not built yet."""
+"""`r1local run [TAG] [PROMPT...]`: chat in the terminal, or answer one prompt and exit.
+
+TAG is a path to a .gguf, or a model in the store (`7b`, `7b:q4_k_m`, an import name).
+Without TAG the planner's recommendation for this machine is used (pulled first if
+needed). With a prompt (or piped stdin) the answer goes to stdout and the reasoning to
+stderr, so `r1local run 7b "q" > answer.txt` keeps only the answer.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,277 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("tag", nargs="?", help="model: a .gguf path or a store/catalog tag "
+                        "(default: the recommended model for this machine)")
+    parser.add_argument("prompt", nargs="*", help="answer this prompt and exit (stdin is read "
+                        "when piped)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--hide-thinking", action="store_true", help="do not print the reasoning")
+    out.add_argument("--json", action="store_true",
+                     help="print one JSON object: thinking, answer and stats")
+    out.add_argument("--verbose", action="store_true", help="llama.cpp's own log, and stats")
+    load = parser.add_argument_group("loading (override the plan)")
+    load.add_argument("--ctx", type=int, metavar="N", help="context length in tokens")
+    load.add_argument("--gpu-layers", type=int, metavar="N", help="layers to offload to the GPU")
+    load.add_argument("--threads", type=int, metavar="N", help="CPU threads")
+    load.add_argument("--force", action="store_true",
+                      help="load even when the plan says it does not fit")
+    gen = parser.add_argument_group("generation")
+    gen.add_argument("--temperature", type=float, metavar="T", help="default 0.6 (DeepSeek)")
+    gen.add_argument("--top-p", type=float, metavar="P", help="default 0.95 (DeepSeek)")
+    gen.add_argument("--top-k", type=int, metavar="K", help="default 40")
+    gen.add_argument("--seed", type=int, metavar="N", help="fixed seed for repeatable output")
+    gen.add_argument("--think-budget", type=int, metavar="N",
+                     help="reasoning tokens before the model must answer")
+    gen.add_argument("--max-tokens", type=int, metavar="N", help="stop the reply after N tokens")
+    gen.add_argument("--system", metavar="TEXT", help="system prompt (for R1 it is folded "
+                     "into the first message, as DeepSeek advises)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from r1local.errors import R1LocalError
+    return main(args)
 
-    raise R1LocalError("this command is not built yet")
+
+# ---- everything below runs only inside `run` (heavy imports are local) -----------------
+
+def main(args: argparse.Namespace) -> int:
+    import sys
+
+    from r1local.engine import Engine
+    from r1local.errors import DoesNotFitError, UsageError
+    from r1local.ggufinfo import read_header
+
+    _check_numbers(args)
+    path, stored = _resolve(args.tag)
+    header = read_header(path, check_architecture=True, max_array=256)
+    machine, plan = _plan(header, path, args.ctx, args.gpu_layers)
+    if plan is not None and not plan.fits and not args.force:
+        from r1local.chat_view import fmt_bytes
+
+        raise DoesNotFitError(
+            f"{path.name} does not fit this machine: it needs {fmt_bytes(plan.ram_bytes)} RAM"
+            f" + {fmt_bytes(plan.vram_bytes)} VRAM ({plan.reason})",
+            hint="pick a smaller quant or variant (see `r1local hw`), or add --force")
+
+    prompt = " ".join(args.prompt)
+    interactive = sys.stdin.isatty()
+    if not interactive:
+        piped = sys.stdin.read()
+        if piped.strip():
+            prompt = f"{prompt}\n\n{piped.strip()}" if prompt.strip() else piped.strip()
+        if not prompt.strip():
+            raise UsageError("nothing to answer: give a prompt, or pipe text into stdin")
+
+    engine = Engine.load(path, plan, n_ctx=args.ctx, n_gpu_layers=args.gpu_layers,
+                         n_threads=args.threads, verbose=args.verbose or None)
+    try:
+        settings = _settings(args)
+        if prompt.strip():
+            return _one_shot(engine, settings, prompt, args)
+
+        def reload(n_ctx: int) -> Engine:
+            _, new_plan = _plan(header, path, n_ctx, args.gpu_layers, machine)
+            return Engine.load(path, new_plan, n_ctx=n_ctx, n_gpu_layers=args.gpu_layers,
+                               n_threads=args.threads, verbose=args.verbose or None)
+
+        from r1local.locations import history_file
+        from r1local.repl import Repl
+
+        repl = Repl(engine, settings, system=args.system, show_thinking=not args.hide_thinking,
+                    reload=reload, describe=describe(engine, plan, stored, header),
+                    history_path=history_file())
+        try:
+            return repl.run()
+        finally:
+            engine = repl.engine  # /set context may have replaced it
+    finally:
+        engine.close()
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    from r1local.errors import UsageError
+
+    for name in ("ctx", "threads", "max_tokens"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive number")
+    for name in ("gpu_layers", "think_budget", "top_k"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            raise UsageError(f"--{name.replace('_', '-')} cannot be negative")
+    for name in ("temperature", "top_p"):
+        value = getattr(args, name)
+        if value is not None and not 0 <= value <= (1 if name == "top_p" else 5):
+            raise UsageError(f"--{name.replace('_', '-')} {value} is out of range")
+
+
+def _settings(args: argparse.Namespace):
+    from r1local.engine import GenerationSettings
+
+    s = GenerationSettings()
+    for arg, field in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"),
+                       ("seed", "seed"), ("think_budget", "think_budget"),
+                       ("max_tokens", "max_tokens")):
+        value = getattr(args, arg)
+        if value is not None:
+            setattr(s, field, value)
+    return s
+
+
+def _looks_like_path(tag: str) -> bool:
+    import os
+    from pathlib import Path
+
+    return (tag.lower().endswith(".gguf") or "/" in tag or os.sep in tag
+            or tag.startswith(("~", ".")) or Path(tag).exists())
+
+
+def _resolve(tag: str | None):
+    """(path, stored model or None) for a TAG, a path, or the recommended model."""
+    from pathlib import Path
+
+    from r1local.catalog import load_catalog
+    from r1local.errors import ModelFileError, UnknownModelError
+
+    if tag is None:
+        return _recommended()
+    if _looks_like_path(tag):
+        p = Path(tag).expanduser()
+        if not p.exists():
+            near = sorted(x.name for x in p.parent.glob("*.gguf"))[:5] if p.parent.is_dir() else []
+            raise ModelFileError(f"{tag} does not exist",
+                                 hint=f"GGUF files there: {', '.join(near)}" if near else
+                                 "give the path to a .gguf file, or a tag like 7b (`r1local list`)")
+        return p, None
+    catalog = load_catalog()
+    try:
+        from r1local.store import Store, resolve_gguf
+    except ImportError:  # the store is not built yet: catalog names can only be suggested
+        catalog.resolve(tag)
+        raise UnknownModelError(f"'{tag}' is not downloaded",
+                                hint=f"run `r1local pull {tag}`, or give a path to a .gguf") from None
+    return resolve_gguf(tag, catalog, Store())
+
+
+def _recommended():
+    import sys
+
+    from r1local.catalog import load_catalog
+    from r1local.errors import DoesNotFitError, UsageError
+
+    try:
+        from r1local.hardware import probe
+        from r1local.hub import pull
+        from r1local.planner import recommend
+        from r1local.store import Store
+    except ImportError:
+        raise UsageError("no model given: use `r1local run PATH.gguf` or `r1local run TAG`") from None
+    catalog = load_catalog()
+    machine = probe()
+    plan = recommend(catalog, machine)
+    if not plan.fits:
+        raise DoesNotFitError(f"no R1 model fits this machine ({plan.reason})",
+                              hint="see `r1local hw`")
+    ref = f"{plan.model}:{plan.quant}"
+    store = Store()
+    stored = store.find(ref, catalog)
+    if stored is None:
+        if sys.stdin.isatty():
+            from r1local.chat_view import fmt_bytes
+
+            answer = input(f"The recommended model for this machine is {ref} "
+                           f"({fmt_bytes(plan.weights_bytes)}). Download it now? [Y/n] ")
+            if answer.strip().lower() not in ("", "y", "yes"):
+                raise UsageError(f"not downloaded; `r1local pull {ref}` fetches it later")
+        else:
+            print(f"pulling {ref}, the recommended model for this machine", file=sys.stderr)
+        stored = pull(ref, machine=machine, store=store)
+    return stored.path, stored
+
+
+def _plan(header, path, n_ctx, n_gpu_layers, machine=None):
+    """(machine, plan) from the planner, or (None, None) where it is not available."""
+    try:
+        from r1local.hardware import probe
+        from r1local.planner import plan_gguf
+    except ImportError:
+        return None, None
+    machine = machine or probe(path.parent)
+    return machine, plan_gguf(header, machine, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers)
+
+
+def quant_name(header) -> str:
+    from gguf.constants import LlamaFileType
+
+    ft = header.get("general.file_type")
+    try:
+        return LlamaFileType(ft).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    except (ValueError, TypeError):
+        return "?"
+
+
+def describe(engine, plan, stored, header) -> str:
+    """The one start line: what was loaded and how."""
+    from r1local.chat_view import fmt_bytes
+
+    variant = (stored.name.split(":")[0] if stored is not None else None) or engine.name
+    quant = (plan.quant if plan is not None and plan.quant else None) \
+        or (stored.quant if stored is not None else None) or quant_name(header)
+    n_layers = header.arch_value("block_count") or "?"
+    if plan is not None:
+        mem = f"GPU {fmt_bytes(plan.vram_bytes)} + RAM {fmt_bytes(plan.ram_bytes)}"
+    else:
+        mem = f"RAM ~{fmt_bytes(engine.path.stat().st_size)}"
+    gpu = min(engine.n_gpu_layers, n_layers) if isinstance(n_layers, int) else engine.n_gpu_layers
+    return (f"{variant} · {quant} · {gpu}/{n_layers} layers on GPU · {mem} · "
+            f"context {engine.n_ctx} · {engine.n_threads} threads")
+
+
+def _one_shot(engine, settings, prompt: str, args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": prompt}]
+    thinking, answer = [], []
+    err_tty = sys.stderr.isatty()
+    dim, reset = ("\x1b[2m", "\x1b[0m") if err_tty else ("", "")
+    shown_thinking = False
+    for chunk in engine.chat(messages, settings):
+        if chunk.kind == "thinking":
+            thinking.append(chunk.text)
+            if not args.json and not args.hide_thinking:
+                if not shown_thinking:
+                    sys.stderr.write(f"{dim}Thinking…\n")
+                    shown_thinking = True
+                sys.stderr.write(chunk.text)
+                sys.stderr.flush()
+        else:
+            if shown_thinking:
+                sys.stderr.write(f"\n…done thinking.{reset}\n\n")
+                sys.stderr.flush()
+                shown_thinking = False
+            answer.append(chunk.text)
+            if not args.json:
+                sys.stdout.write(chunk.text)
+                sys.stdout.flush()
+    if shown_thinking:
+        sys.stderr.write(f"{reset}\n")
+    st = engine.last_stats
+    if args.json:
+        print(json.dumps({"model": engine.name, "thinking": "".join(thinking),
+                          "answer": "".join(answer), "finish_reason": st.finish_reason,
+                          "stats": st.as_dict()}, ensure_ascii=False))
+        return 0
+    if answer:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    if st.finish_reason == "loop":
+        print("(stopped: the model was repeating itself)", file=sys.stderr)
+    elif st.finish_reason == "length":
+        print("(stopped: reached the token limit)", file=sys.stderr)
+    if args.verbose:
+        print(f"prompt {st.prompt_tokens} tokens at {st.prompt_tok_s:.1f} tok/s · reply "
+              f"{st.completion_tokens} tokens at {st.decode_tok_s:.1f} tok/s · first token "
+              f"{st.ttft_seconds:.2f} s", file=sys.stderr)
+    return 0
