@@ -115,7 +115,7 @@ class Repl:
 
     def run(self) -> int:
         if self.describe:
-            self.console.print(self.describe, style=NOTE_STYLE)
+            self.console.print(self.describe, style=NOTE_STYLE, soft_wrap=True)
         self.console.print("Type a message, /help for commands, Ctrl-D to leave.", style=NOTE_STYLE)
         while True:
             try:
@@ -210,7 +210,9 @@ class Repl:
         elif stats is not None and stats.finish_reason == "loop":
             note = "(stopped: the model was repeating itself)"
         elif stats is not None and stats.finish_reason == "length":
-            note = "(stopped: the context is full)"
+            limit = self.settings.max_tokens
+            note = ("(stopped: reached the token limit)" if limit and stats.completion_tokens >= limit
+                    else "(stopped: the context is full)")
         view.close(note)
         if error is not None:
             self.console.print(f"error: {escape(str(error))}", style="red")

@@ -31,3 +31,11 @@ def r1_standin() -> Path:
 def r1_standin_factory():
     """Build stand-ins of other shapes: ``r1_standin_factory(StandinShape(...))``."""
     return model_fixtures.build_r1_standin
+
+
+@pytest.fixture(scope="session")
+def micro_reasoner() -> Path:
+    """A 2-layer Qwen2 with the real R1 tokenizer, trained to answer in the R1 format."""
+    import micro_reasoner as mr
+
+    return mr.micro_reasoner_gguf()
