@@ -25,7 +25,7 @@ from pathlib import Path
 
 import model_fixtures
 
-VERSION = 1
+VERSION = 2
 VOCAB = model_fixtures.R1_TOKEN_COUNT
 HIDDEN, LAYERS, FFN, HEADS, KV_HEADS = 64, 2, 128, 4, 2
 STEPS, LR, SEED = 400, 3e-3, 0
@@ -63,10 +63,12 @@ def conversations() -> list[tuple[str, int]]:
     for q, think, ans in ex:
         prompt = f"{BOS}{USER}{q}{ASSISTANT}<think>\n"
         out.append((f"{prompt}{think}\n</think>\n\n{ans}{EOS}", len(prompt)))
-    for i, (q, think, ans) in enumerate(ex):
-        q0, _, a0 = ex[(i * 7 + 3) % len(ex)]
-        prompt = f"{BOS}{USER}{q0}{ASSISTANT}{a0}{EOS}{USER}{q}{ASSISTANT}<think>\n"
-        out.append((f"{prompt}{think}\n</think>\n\n{ans}{EOS}", len(prompt)))
+    for turns in (1, 3):
+        for i, (q, think, ans) in enumerate(ex):
+            history = "".join(f"{USER}{ex[(i * 7 + 3 + 5 * k) % len(ex)][0]}{ASSISTANT}"
+                              f"{ex[(i * 7 + 3 + 5 * k) % len(ex)][2]}{EOS}" for k in range(turns))
+            prompt = f"{BOS}{history}{USER}{q}{ASSISTANT}<think>\n"
+            out.append((f"{prompt}{think}\n</think>\n\n{ans}{EOS}", len(prompt)))
     return out
 
 
