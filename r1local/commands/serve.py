@@ -1,15 +1,135 @@
-"""`r1local serve`: not built yet."""
+"""`r1local serve`: Ollama- and OpenAI-compatible HTTP APIs on 127.0.0.1.
+
+The app lives in r1local/server (the only place that imports FastAPI / uvicorn); this
+module parses the flags, checks them, preloads --model, binds the socket and runs uvicorn.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    from r1local.server.config import (API_KEY_ENV, DEFAULT_HOST, DEFAULT_MAX_LOADED,
+                                       DEFAULT_MAX_QUEUE, DEFAULT_PORT)
+
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help=f"address to listen on (default {DEFAULT_HOST}: this machine only)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
+    parser.add_argument("--model", metavar="TAG",
+                        help="load this model at start and keep it loaded; requests that name "
+                        "no model use it")
+    parser.add_argument("--api-key", metavar="KEY", default=None,
+                        help=f"require `Authorization: Bearer KEY` on every request "
+                        f"(default: ${API_KEY_ENV})")
+    parser.add_argument("--cors-origin", metavar="ORIGIN", action="append", default=[],
+                        help="allow browser requests from this origin (repeatable; '*' for any)")
+    parser.add_argument("--keep-alive", default="5m", metavar="DURATION",
+                        help="how long an idle model stays loaded: 30s, 5m, 1h, 0 (unload after "
+                        "each request), -1 (forever); default 5m")
+    parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE, metavar="N",
+                        help=f"requests that may wait per model before 503 (default "
+                        f"{DEFAULT_MAX_QUEUE})")
+    parser.add_argument("--max-loaded", type=int, default=DEFAULT_MAX_LOADED, metavar="N",
+                        help=f"models kept loaded at once (default {DEFAULT_MAX_LOADED})")
+    parser.add_argument("--ctx", type=int, metavar="N",
+                        help="context length for every model (default: the planner's)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from r1local.errors import R1LocalError
+    import sys
 
-    raise R1LocalError("this command is not built yet")
+    from r1local.server.config import API_KEY_ENV, ServerConfig, exposure_warning
+
+    config = ServerConfig(
+        host=args.host, port=args.port, model=args.model,
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        cors_origins=tuple(args.cors_origin), keep_alive=_keep_alive(args.keep_alive),
+        max_queue=_at_least("--max-queue", args.max_queue, 0),
+        max_loaded=_at_least("--max-loaded", args.max_loaded, 1), n_ctx=args.ctx,
+    )
+    if args.ctx is not None:
+        _at_least("--ctx", args.ctx, 16)
+    _at_least("--port", args.port, 0)
+    warning = exposure_warning(config.host, config.api_key)
+    if warning:
+        print(f"r1local: {warning}", file=sys.stderr, flush=True)
+    sock = _bind(config.host, config.port)
+    import asyncio
+
+    try:
+        return asyncio.run(_serve(config, sock))
+    finally:
+        sock.close()
+
+
+async def _serve(config, sock) -> int:
+    import sys
+
+    import uvicorn
+
+    from r1local.errors import R1LocalError
+    from r1local.server.app import create_app
+    from r1local.server.errors import ApiError
+
+    app = create_app(config)
+    if config.model:
+        try:
+            slot = await app.state.manager.preload(config.model)
+        except ApiError as err:
+            raise R1LocalError(f"cannot serve --model {config.model}: {err.message}") from None
+        print(f"r1local: loaded {slot.name} (context {slot.engine.n_ctx})", file=sys.stderr)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"r1local: serving on http://{shown}:{port} (Ollama API /api/*, OpenAI API /v1/*)"
+          f"{' with API key' if config.api_key else ''}; Ctrl-C stops", file=sys.stderr,
+          flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
+                                           timeout_graceful_shutdown=5))
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        await app.state.manager.stop()
+    return 0
+
+
+def _keep_alive(text: str) -> float:
+    from r1local.errors import UsageError
+    from r1local.server.config import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise UsageError(f"--keep-alive: {err}") from None
+
+
+def _at_least(flag: str, value: int, low: int) -> int:
+    from r1local.errors import UsageError
+
+    if value < low:
+        raise UsageError(f"{flag} must be at least {low} (got {value})")
+    return value
+
+
+def _bind(host: str, port: int):
+    """Bind before starting uvicorn: a busy port is one clear line, and --port 0 works."""
+    import socket
+
+    from r1local.errors import UsageError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as err:
+        sock.close()
+        if err.errno in (98, 48):  # EADDRINUSE (Linux, macOS)
+            raise UsageError(f"port {port} on {host} is already in use",
+                             hint="stop the other server or pick another --port") from None
+        raise UsageError(f"cannot listen on {host}:{port}: {err.strerror}") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock

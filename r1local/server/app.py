@@ -1,0 +1,97 @@
+"""The ASGI app: both API families, API-key auth, optional CORS, JSON errors, lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from r1local import __version__
+from r1local.server import ollama_api, openai_api
+from r1local.server.config import ServerConfig
+from r1local.server.errors import ApiError, body_for
+from r1local.server.models import ModelManager
+
+
+class ApiKeyMiddleware:
+    """Every request must carry `Authorization: Bearer <key>` (401 otherwise).
+
+    Pure ASGI (not BaseHTTPMiddleware) so streaming responses pass through untouched.
+    CORS sits outside it: browsers send preflight OPTIONS without credentials.
+    """
+
+    def __init__(self, app: Any, key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {key}".encode()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        given = dict(scope.get("headers") or []).get(b"authorization", b"")
+        if hmac.compare_digest(given, self.expected):
+            return await self.app(scope, receive, send)
+        err = ApiError(401, "missing or wrong API key: send `Authorization: Bearer <key>`",
+                       code="invalid_api_key")
+        body = json.dumps(body_for(scope.get("path", ""), err)).encode()
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
+                                (b"www-authenticate", b"Bearer")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def create_app(config: ServerConfig | None = None, manager: ModelManager | None = None) -> FastAPI:
+    config = config or ServerConfig()
+    manager = manager or ModelManager(keep_alive=config.keep_alive, max_queue=config.max_queue,
+                                      max_loaded=config.max_loaded, n_ctx=config.n_ctx)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        manager.start()
+        if config.model and not any(s.pinned for s in manager.loaded.values()):
+            await manager.preload(config.model)  # `r1local serve` preloads before binding
+        try:
+            yield
+        finally:
+            await manager.stop()
+
+    app = FastAPI(title="r1local", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.config = config
+    app.state.manager = manager
+    app.include_router(ollama_api.router)
+    app.include_router(openai_api.router)
+
+    @app.get("/")
+    @app.head("/")
+    async def root() -> PlainTextResponse:
+        return PlainTextResponse("r1local is running")  # Ollama answers "Ollama is running"
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, err: ApiError) -> JSONResponse:
+        return JSONResponse(body_for(request.url.path, err), status_code=err.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        api = ApiError(err.status_code, str(err.detail))
+        return JSONResponse(body_for(request.url.path, api), status_code=err.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, err: Exception) -> JSONResponse:
+        api = ApiError(500, f"internal error: {type(err).__name__}: {err}")
+        return JSONResponse(body_for(request.url.path, api), status_code=500)
+
+    if config.api_key:
+        app.add_middleware(ApiKeyMiddleware, key=config.api_key)
+    if config.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
+                           allow_methods=["GET", "POST", "DELETE", "OPTIONS", "HEAD"],
+                           allow_headers=["*"], allow_credentials=False)
+    return app

@@ -1,0 +1,82 @@
+"""Server settings and the small parsers they need (durations, loopback addresses)."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from dataclasses import dataclass, field
+
+DEFAULT_HOST = "127.0.0.1"
+# Ollama's own port is 11434; ours is the next one so both can run side by side.
+DEFAULT_PORT = 11435
+DEFAULT_KEEP_ALIVE = 300.0  # seconds (Ollama's default: 5m)
+DEFAULT_MAX_QUEUE = 512  # requests waiting per model (Ollama's OLLAMA_MAX_QUEUE default)
+DEFAULT_MAX_LOADED = 3  # models kept loaded at once (Ollama's CPU default)
+API_KEY_ENV = "R1LOCAL_API_KEY"
+
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+
+
+@dataclass
+class ServerConfig:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    model: str | None = None  # loaded at start and kept (the default for requests without one)
+    api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    keep_alive: float = DEFAULT_KEEP_ALIVE  # seconds; < 0 forever; 0 unload after each request
+    max_queue: int = DEFAULT_MAX_QUEUE
+    max_loaded: int = DEFAULT_MAX_LOADED
+    n_ctx: int | None = None  # override the planner's context for every load
+    extra: dict = field(default_factory=dict)
+
+
+def parse_duration(value: object) -> float:
+    """Ollama's keep_alive: a number of seconds, or a Go duration ("5m", "1h30m", "-1").
+
+    Returns seconds; negative means forever. Raises ValueError with a message for the user.
+    """
+    if isinstance(value, bool):
+        raise ValueError("keep_alive must be a duration like \"5m\" or a number of seconds")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError("keep_alive must be finite")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError("keep_alive must be a duration like \"5m\" or a number of seconds")
+    text = value.strip()
+    try:
+        return float(text)  # "300", "-1"
+    except ValueError:
+        pass
+    sign = -1.0 if text.startswith("-") else 1.0
+    body = text.lstrip("+-")
+    pos, total = 0, 0.0
+    for m in _PART.finditer(body):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if not body or pos != len(body):
+        raise ValueError(f"keep_alive {value!r} is not a duration (use e.g. \"5m\", \"30s\", \"1h\", 0 or -1)")
+    return sign * total
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    """The warning printed when the API is reachable from other machines without a key."""
+    if is_loopback(host) or api_key:
+        return None
+    return (f"warning: serving on {host} without an API key: anyone who can reach this "
+            f"address can use the models; set --api-key or {API_KEY_ENV}")

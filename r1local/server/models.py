@@ -1,0 +1,302 @@
+"""The model manager: names to engines, loaded on first use, one request at a time per model.
+
+- A name is resolved like `r1local run` does: a path to a .gguf, else the store
+  (`resolve_gguf`: store name, catalog tag, alias). Engines are keyed by the resolved file,
+  so "7b" and "7b:Q4_K_M" share one.
+- Each model has a FIFO queue (asyncio.Lock wakes waiters in order): none is lost; when
+  `max_queue` requests already wait, the next gets 503.
+- After a request the model stays loaded for its keep_alive (Ollama semantics: < 0 forever,
+  0 unload now); the sweeper unloads expired idle models. Loading beyond `max_loaded`
+  evicts the least recently used idle model.
+- Loading and closing run in worker threads so the event loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from r1local.server.errors import ApiError, from_r1local, not_found
+
+if TYPE_CHECKING:
+    from r1local.engine import Engine
+
+SWEEP_SECONDS = 0.2
+
+
+@dataclass
+class Resolved:
+    path: Path
+    stored: Any  # StoredModel | None
+    name: str  # what the client called it
+
+    @property
+    def key(self) -> str:
+        return str(self.path.resolve())
+
+
+@dataclass
+class Loaded:
+    """One loaded model."""
+
+    key: str
+    name: str
+    path: Path
+    stored: Any
+    engine: "Engine"
+    plan: Any
+    loaded_at: float  # time.time()
+    last_used: float  # time.monotonic()
+    expires_at: float | None = None  # time.monotonic(); None while in use or kept forever
+    keep_alive: float = 300.0
+    pinned: bool = False  # the --model given at start: never expires
+
+    @property
+    def size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except OSError:
+            return 0
+
+    @property
+    def vram_bytes(self) -> int:
+        return int(getattr(self.plan, "vram_bytes", 0) or 0) if self.plan is not None else 0
+
+
+@dataclass
+class Lease:
+    """The right to use one engine until release()."""
+
+    slot: Loaded
+    load_seconds: float  # spent loading for this request (0 when it was loaded already)
+    queued_seconds: float
+    released: bool = False
+
+    @property
+    def engine(self) -> "Engine":
+        return self.slot.engine
+
+
+@dataclass
+class _Queue:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    pending: int = 0  # waiting + running
+
+
+def _looks_like_path(ref: str) -> bool:
+    return (ref.lower().endswith(".gguf") or "/" in ref or os.sep in ref
+            or ref.startswith(("~", ".")))
+
+
+def resolve_name(name: str) -> Resolved:
+    """A request's model name -> file on disk (blocking: call from a worker thread)."""
+    from r1local.errors import R1LocalError, UnknownModelError
+
+    if not name:
+        raise ApiError(400, "the request names no model (field \"model\")", param="model")
+    if _looks_like_path(name) or Path(name).expanduser().is_file():
+        p = Path(name).expanduser()
+        if not p.is_file():
+            raise not_found(f"model '{name}' not found: no such file")
+        return Resolved(p, None, name)
+    try:
+        from r1local.store import Store, resolve_gguf
+    except ImportError:
+        raise not_found(f"model '{name}' not found: give a path to a .gguf file "
+                        "(the model store is not available)") from None
+    from r1local.catalog import load_catalog
+
+    try:
+        path, stored = resolve_gguf(name, load_catalog(), Store())
+    except UnknownModelError as err:
+        raise not_found(f"model '{name}' not found: {err}") from None
+    except R1LocalError as err:
+        raise from_r1local(err) from None
+    return Resolved(Path(path), stored, name)
+
+
+def _plan_for(path: Path, n_ctx: int | None) -> Any:
+    """The planner's Plan for this file on this machine, or None where there is no planner."""
+    try:
+        from r1local.hardware import probe
+        from r1local.planner import plan_gguf
+    except ImportError:
+        return None
+    from r1local.ggufinfo import read_header
+
+    header = read_header(path, check_architecture=True, max_array=256)
+    return plan_gguf(header, probe(path.parent), n_ctx=n_ctx)
+
+
+def load_engine(path: Path, n_ctx: int | None) -> tuple["Engine", Any]:
+    """Load with the planner's settings (blocking)."""
+    from r1local.engine import Engine
+    from r1local.errors import DoesNotFitError
+
+    plan = _plan_for(path, n_ctx)
+    if plan is not None and not plan.fits:
+        raise DoesNotFitError(f"{path.name} does not fit this machine ({plan.reason})")
+    return Engine.load(path, plan, n_ctx=n_ctx), plan
+
+
+class ModelManager:
+    def __init__(self, *, keep_alive: float = 300.0, max_queue: int = 512, max_loaded: int = 3,
+                 n_ctx: int | None = None) -> None:
+        self.keep_alive = keep_alive
+        self.max_queue = max_queue
+        self.max_loaded = max(1, max_loaded)
+        self.n_ctx = n_ctx
+        self.loaded: dict[str, Loaded] = {}
+        self._queues: dict[str, _Queue] = {}
+        self._sweeper: asyncio.Task | None = None
+        self.loads = 0  # engines loaded since start (tests and /api/ps watchers)
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            try:
+                await self._sweeper
+            except asyncio.CancelledError:
+                pass
+            self._sweeper = None
+        for key in list(self.loaded):
+            await self._close(key)
+
+    async def preload(self, name: str) -> Loaded:
+        """Load the --model at start and keep it (it never expires)."""
+        lease = await self.acquire(name, keep_alive=-1)
+        lease.slot.pinned = True
+        self.release(lease)
+        return lease.slot
+
+    # ---- the queue ---------------------------------------------------------------------
+
+    async def resolve(self, name: str) -> Resolved:
+        for slot in self.loaded.values():  # a name already loaded: no disk look-up
+            if name in (slot.name, slot.key):
+                return Resolved(slot.path, slot.stored, name)
+        return await asyncio.to_thread(resolve_name, name)
+
+    async def acquire(self, name: str, *, keep_alive: float | None = None,
+                      n_ctx: int | None = None) -> Lease:
+        """Wait for this model's turn (FIFO), loading it if needed. Raises ApiError 404/503/500."""
+        t0 = time.monotonic()
+        res = await self.resolve(name)
+        key = res.key
+        q = self._queues.setdefault(key, _Queue())
+        if q.pending > self.max_queue:  # one running + max_queue waiting
+            raise ApiError(503, f"server busy: {q.pending - 1} requests already wait for "
+                           f"'{name}' (--max-queue {self.max_queue}); retry later",
+                           code="queue_full")
+        q.pending += 1
+        try:
+            await q.lock.acquire()
+        except BaseException:
+            q.pending -= 1
+            raise
+        try:
+            queued = time.monotonic() - t0
+            want_ctx = n_ctx or self.n_ctx
+            slot = self.loaded.get(key)
+            load_seconds = 0.0
+            if slot is not None and want_ctx and slot.engine.n_ctx != want_ctx:
+                await self._close(key)  # Ollama reloads for another num_ctx
+                slot = None
+            if slot is None:
+                await self._make_room(key)
+                t1 = time.monotonic()
+                try:
+                    engine, plan = await asyncio.to_thread(load_engine, res.path, want_ctx)
+                except ApiError:
+                    raise
+                except Exception as err:  # R1LocalError and llama.cpp's own
+                    raise from_r1local(err) from None
+                load_seconds = time.monotonic() - t1
+                now = time.monotonic()
+                slot = Loaded(key=key, name=res.name, path=res.path, stored=res.stored,
+                              engine=engine, plan=plan, loaded_at=time.time(), last_used=now,
+                              keep_alive=self.keep_alive)
+                self.loaded[key] = slot
+                self.loads += 1
+            slot.expires_at = None  # in use
+            return Lease(slot, load_seconds, queued)
+        except BaseException:
+            q.pending -= 1
+            q.lock.release()
+            raise
+
+    def release(self, lease: Lease, keep_alive: float | None = None) -> None:
+        """End a request: set the model's expiry, wake the next in line. Runs on the loop."""
+        if lease.released:
+            return
+        lease.released = True
+        slot = lease.slot
+        ka = self.keep_alive if keep_alive is None else keep_alive
+        now = time.monotonic()
+        slot.last_used = now
+        slot.keep_alive = ka
+        if slot.pinned:
+            slot.expires_at = None
+        else:
+            slot.expires_at = None if ka < 0 else now + ka
+        q = self._queues[slot.key]
+        q.pending -= 1
+        q.lock.release()
+        if slot.expires_at is not None and ka <= 0 and q.pending == 0:
+            asyncio.get_running_loop().create_task(self._expire(slot.key))
+
+    # ---- unloading ---------------------------------------------------------------------
+
+    async def unload(self, name: str) -> bool:
+        """Unload now (keep_alive 0 with no prompt). False when it was not loaded."""
+        res = await self.resolve(name)
+        if res.key not in self.loaded:
+            return False
+        q = self._queues.setdefault(res.key, _Queue())
+        async with q.lock:
+            await self._close(res.key)
+        return True
+
+    def _idle(self, key: str) -> bool:
+        q = self._queues.get(key)
+        return q is None or q.pending == 0
+
+    async def _expire(self, key: str) -> None:
+        slot = self.loaded.get(key)
+        if slot is None or not self._idle(key) or slot.expires_at is None:
+            return
+        if slot.expires_at <= time.monotonic():
+            await self._close(key)
+
+    async def _close(self, key: str) -> None:
+        slot = self.loaded.pop(key, None)
+        if slot is not None:
+            await asyncio.to_thread(slot.engine.close)
+
+    async def _make_room(self, key: str) -> None:
+        while len(self.loaded) >= self.max_loaded:
+            idle = [s for k, s in self.loaded.items() if k != key and self._idle(k) and not s.pinned]
+            if not idle:
+                return  # everything is busy: load anyway rather than fail the request
+            await self._close(min(idle, key=lambda s: s.last_used).key)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            now = time.monotonic()
+            for key, slot in list(self.loaded.items()):
+                if slot.expires_at is not None and slot.expires_at <= now and self._idle(key):
+                    await self._close(key)
+            for key in [k for k, q in self._queues.items()
+                        if q.pending == 0 and k not in self.loaded]:
+                self._queues.pop(key, None)
