@@ -40,7 +40,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return main(args)
+    from r1local.errors import R1LocalError
+
+    try:
+        return main(args)
+    except R1LocalError as err:
+        text = one_line(str(err))
+        if text == str(err):
+            raise
+        raise type(err)(text) from None
+
+
+MAX_ERROR_CHARS = 300
+
+
+def one_line(text: str) -> str:
+    """An error message fit for one terminal line: a corrupt file can put control
+    characters and kilobytes of binary into a 'name' that ends up in the message."""
+    out = "".join(c if c.isprintable() and c != "\ufffd" else "?" for c in text)
+    return out if len(out) <= MAX_ERROR_CHARS else out[: MAX_ERROR_CHARS - 1] + "…"
 
 
 # ---- everything below runs only inside `run` (heavy imports are local) -----------------
