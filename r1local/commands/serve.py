@@ -56,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
     warning = exposure_warning(config.host, config.api_key)
     if warning:
         print(f"r1local: {warning}", file=sys.stderr, flush=True)
+    if config.model:
+        _check_model(config.model)  # an unknown --model fails before anything listens
     sock = _bind(config.host, config.port)
     import asyncio
 
@@ -93,6 +95,17 @@ async def _serve(config, sock) -> int:
     finally:
         await app.state.manager.stop()
     return 0
+
+
+def _check_model(name: str) -> None:
+    from r1local.errors import R1LocalError
+    from r1local.server.errors import ApiError
+    from r1local.server.models import resolve_name
+
+    try:
+        resolve_name(name)
+    except ApiError as err:
+        raise R1LocalError(f"cannot serve --model {name}: {err.message}") from None
 
 
 def _keep_alive(text: str) -> float:

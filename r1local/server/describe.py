@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from r1local.reasoning import THINK_OPEN
+from r1local.reasoning import THINK_CLOSE, THINK_OPEN
 
 # general.file_type ids (llama.cpp's LLAMA_FTYPE_*) for the names listings show
 _FTYPE_NAMES = {
@@ -58,7 +58,8 @@ def _header_facts(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
         "quant": _FTYPE_NAMES.get(h.get("general.file_type"), "unknown"),
         "parameter_size": _size_label(n_params),
         "context_length": h.arch_value("context_length"),
-        "reasoning": THINK_OPEN in template,
+        # the R1 template only names `</think>` (it strips earlier reasoning)
+        "reasoning": THINK_OPEN in template or THINK_CLOSE in template,
         "model_info": info,
         # a cheap identity (Ollama shows sha256 digests; hashing GBs per listing is not cheap)
         "digest": hashlib.sha256(f"{path}:{size}:{mtime_ns}".encode()).hexdigest(),

@@ -26,6 +26,13 @@ if TYPE_CHECKING:
     from r1local.engine import Engine
 
 SWEEP_SECONDS = 0.2
+# llama.cpp pads every context to a multiple of 256 tokens; asking for the padded size
+# keeps llama-cpp-python's token buffer and the real context the same length
+CTX_PAD = 256
+
+
+def padded_ctx(n_ctx: int | None) -> int | None:
+    return None if n_ctx is None else -(-n_ctx // CTX_PAD) * CTX_PAD
 
 
 @dataclass
@@ -206,7 +213,7 @@ class ModelManager:
             raise
         try:
             queued = time.monotonic() - t0
-            want_ctx = n_ctx or self.n_ctx
+            want_ctx = padded_ctx(n_ctx or self.n_ctx)
             slot = self.loaded.get(key)
             load_seconds = 0.0
             if slot is not None and want_ctx and slot.engine.n_ctx != want_ctx:
