@@ -65,6 +65,9 @@ class QuantFiles:
     files: tuple[str, ...]
     sizes: tuple[int, ...]
     sha256: tuple[str, ...] = ()
+    # False where the sizes are the publisher's rounded figures, not exact byte counts:
+    # a download must then trust the hub's size, not these
+    verified: bool = True
 
     @property
     def total_size(self) -> int:
@@ -169,7 +172,7 @@ _VARIANT_REQUIRED = {
 }
 _VARIANT_OPTIONAL = {"aliases": list, "description": str, "benchmarks": dict}
 _QUANT_REQUIRED = {"files": list, "sizes": list}
-_QUANT_OPTIONAL = {"sha256": list}
+_QUANT_OPTIONAL = {"sha256": list, "verified": bool}
 
 
 def _type_name(t) -> str:
@@ -210,7 +213,8 @@ def _parse_quant(where: str, name: str, table: Any) -> QuantFiles:
         isinstance(h, str) and len(h) == 64 for h in sha
     )):
         raise CatalogError(f"{where}.sha256 must list one 64-hex-digit hash per file")
-    return QuantFiles(name.upper(), tuple(files), tuple(sizes), tuple(sha))
+    return QuantFiles(name.upper(), tuple(files), tuple(sizes), tuple(sha),
+                      table.get("verified", True))
 
 
 def _parse_variant(tag: str, table: Any) -> Variant:

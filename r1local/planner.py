@@ -561,20 +561,22 @@ def plan_shape(shape: ModelShape, machine: "Machine", *, n_ctx: int | None = Non
         if got:
             chosen = (ctx, *got)
     else:
-        steps = [c for c in CTX_STEPS if c <= ctx_cap] or [ctx_cap]
-        base: tuple[int, int, _Split] | None = None
-        for c in sorted(steps):  # the smallest useful context first, then grow
-            got = best_layers(c)
-            if got is None:
-                continue
-            if base is None:
-                base = (c, *got)
-                if c >= min(USEFUL_CTX, ctx_cap):
-                    chosen = base
-            elif got[0] >= base[1] and c >= min(USEFUL_CTX, ctx_cap):
-                # grow only while it costs no GPU layers
-                chosen = (c, *got)
-        chosen = chosen or base
+        steps = sorted({c for c in CTX_STEPS if c <= ctx_cap} | {min(USEFUL_CTX, ctx_cap)})
+        useful = min(USEFUL_CTX, ctx_cap)
+        got = best_layers(useful)
+        if got is not None:
+            chosen = (useful, *got)
+            for c in (c for c in steps if c > useful):  # grow while it costs no GPU layer
+                bigger = best_layers(c)
+                if bigger is None or bigger[0] < chosen[1]:
+                    break
+                chosen = (c, *bigger)
+        else:  # not even the useful context fits: the largest smaller one that does
+            for c in reversed([c for c in steps if c < useful]):
+                got = best_layers(c)
+                if got is not None:
+                    chosen = (c, *got)
+                    break
         ctx = chosen[0] if chosen else min(USEFUL_CTX, ctx_cap)
 
     n_threads = machine.physical_cores
