@@ -217,6 +217,12 @@ class Engine:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))
 
+    def reset(self) -> None:
+        """Forget the cached context: the next call evaluates its whole prompt."""
+        if self._llm is not None:
+            self._llm.reset()
+            self._llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+
     @property
     def context_used(self) -> int:
         """Tokens in the KV cache now (the last prompt and its completion)."""

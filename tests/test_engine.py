@@ -175,3 +175,13 @@ def test_load_takes_the_plan_and_overrides(smollm2):
         assert out and e.last_stats.completion_tokens <= 8
     finally:
         e.close()
+
+
+def test_reset_forgets_the_cached_prompt(smol):
+    s = GenerationSettings(seed=1, max_tokens=2)
+    list(smol.complete("One two three four five", s))
+    list(smol.complete("One two three four five", s))
+    assert smol.last_stats.prompt_eval_tokens == 1  # all but one token reused
+    smol.reset()
+    list(smol.complete("One two three four five", s))
+    assert smol.last_stats.prompt_eval_tokens == smol.last_stats.prompt_tokens > 1
