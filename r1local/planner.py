@@ -4,9 +4,8 @@ The memory model follows what llama.cpp allocates (see bench/fit_accuracy.py for
 was checked against real loads):
 
 - weights: per block, plus the token embedding (always in RAM), plus the output matrix
-  (on the GPU only when every block is). On the CPU the file is memory-mapped, so its
-  pages count in RAM once touched; the input embedding is touched only row by row unless
-  it doubles as the output matrix (tied embeddings).
+  (on the GPU only when every block is). On the CPU the file is memory-mapped and
+  prefetched, so all of its CPU-side pages are resident.
 - CPU repack: on x86 with AVX2 (and ARM) llama.cpp copies Q4_0/Q4_K/IQ4_NL matrices of
   CPU-resident blocks into an interleaved layout, in anonymous memory, while the mapped
   original stays resident too: those tensors count twice.
@@ -436,12 +435,13 @@ def _split(shape: ModelShape, n_gpu: int, n_ctx: int, kv_type: str, flash: bool,
     out_on_gpu = g > L
     # the output matrix: the embedding itself when tied (then fully touched on the CPU)
     out = shape.embd_bytes if shape.tied else shape.out_bytes
+    # llama.cpp maps the file with MAP_POPULATE: every page the CPU side keeps mapped is
+    # resident, the input embedding included (measured: bench/fit_accuracy.py)
+    w_cpu += shape.embd_bytes
     if out_on_gpu:
         w_gpu += out
-        # the input embedding stays mapped on the CPU but only its used rows are touched
-        w_cpu += shape.embd_bytes // 64
     else:
-        w_cpu += shape.embd_bytes if shape.tied else shape.embd_bytes // 64 + shape.out_bytes
+        w_cpu += 0 if shape.tied else shape.out_bytes
         repack += shape.out_repack
     kv_gpu = kv_cache_bytes(shape, n_ctx, kv_type, flash, gpu_blocks)
     kv_cpu = kv_cache_bytes(shape, n_ctx, kv_type, flash, L - gpu_blocks)

@@ -1,4 +1,9 @@
-"""`r1local hw`: not built yet."""
+"""`r1local hw`: this machine (or a hypothetical one), and what every R1 variant needs on it.
+
+For each variant x published quant: all on GPU / N of M layers on GPU / CPU only / does
+not fit, the memory it takes, the expected decode speed; the recommendation highlighted.
+`--json` prints the same for scripts.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,167 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument("--ram", metavar="SIZE",
+                        help="plan for a hypothetical machine with this much RAM (e.g. 16G)")
+    parser.add_argument("--vram", metavar="SIZE", action="append", default=[],
+                        help="a GPU with this much memory; repeat for several GPUs")
+    parser.add_argument("--unified", action="store_true",
+                        help="Apple Silicon: the GPU shares the RAM (--vram is then its limit)")
+    parser.add_argument("--cores", type=int, metavar="N", help="CPU cores of the hypothetical machine")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="a hypothetical machine from a TOML/JSON file (ram, vram, cores, unified)")
+    parser.add_argument("--ctx", type=int, metavar="N", help="plan every model at this context")
+    parser.add_argument("--kv-type", choices=("f16", "q8_0", "q4_0"), default="f16",
+                        help="KV cache type (default f16)")
+    parser.add_argument("--all-quants", action="store_true",
+                        help="list every published quant (default: the common ones)")
+
+
+# the quants shown per variant unless --all-quants (the first of these a variant has)
+COMMON = ("Q8_0", "Q6_K", "Q4_K_M", "Q3_K_M", "Q2_K", "UD-Q2_K_XL", "UD-IQ2_XXS", "UD-IQ1_S")
+
+
+def machine_from_args(args: argparse.Namespace):
+    """The machine to plan for: a profile, flags, or this one."""
+    from r1local.errors import UsageError
+    from r1local.hardware import hypothetical, load_profile, parse_size, probe
+
+    flags = args.ram or args.vram or args.unified or args.cores is not None
+    if args.profile:
+        if flags:
+            raise UsageError("give either --profile or --ram/--vram/--cores/--unified, not both")
+        return load_profile(args.profile)
+    if flags:
+        if not args.ram:
+            raise UsageError("a hypothetical machine needs --ram (e.g. --ram 16G --vram 8G)")
+        if args.unified and len(args.vram) > 1:
+            raise UsageError("--unified describes one GPU sharing the RAM: give at most one --vram")
+        return hypothetical(parse_size(args.ram), [parse_size(v) for v in args.vram],
+                            cores=args.cores if args.cores is not None else 8,
+                            unified=args.unified)
+    return probe()
+
+
+def build_report(args: argparse.Namespace) -> dict:
+    from r1local.catalog import load_catalog
+    from r1local.errors import UsageError
+    from r1local.planner import candidate_quants, plan_variant, recommend
+
+    if args.ctx is not None and args.ctx < 256:
+        raise UsageError(f"--ctx {args.ctx} is too small (use 2048 or more)")
+    machine = machine_from_args(args)
+    catalog = load_catalog()
+    rec = recommend(catalog, machine)
+    rows = []
+    for v in sorted(catalog, key=lambda v: v.params_b):
+        quants = candidate_quants(v)
+        if not args.all_quants:
+            quants = [q for q in quants if q in COMMON] or quants[:3]
+        for q in quants:
+            p = plan_variant(v, q, machine, n_ctx=args.ctx, kv_type=args.kv_type)
+            rows.append({"tag": v.tag, "name": v.name, "params_b": v.params_b,
+                         "file_bytes": v.quants[q].total_size,
+                         "recommended": rec.fits and v.tag == rec.model and q == rec.quant,
+                         **p.as_dict()})
+    return {"machine": machine.as_dict(), "recommendation": rec.as_dict(), "plans": rows}
+
+
+def _size(n: int) -> str:
+    gib = n / (1 << 30)
+    if gib >= 100:
+        return f"{gib:.0f} GiB"
+    if gib >= 1:
+        return f"{gib:.1f} GiB"
+    return f"{n / (1 << 20):.0f} MiB"
+
+
+def _speed(low: float, high: float) -> str:
+    if high <= 0:
+        return "-"
+    fmt = (lambda x: f"{x:.0f}") if low >= 10 else (lambda x: f"{x:.1f}")
+    return f"{fmt(low)}-{fmt(high)} tok/s"
+
+
+def _verdict(row: dict) -> str:
+    v = row["verdict"]
+    if v == "gpu":
+        return "all on GPU"
+    if v == "partial":
+        return f"{row['n_gpu_layers']} of {row['n_layers']} layers on GPU"
+    if v == "cpu":
+        return "CPU only"
+    return "does not fit"
+
+
+def render(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    m = report["machine"]
+    mt = Table(title="hypothetical machine" if m["hypothetical"] else "this machine",
+               show_header=False, title_justify="left")
+    mt.add_column(style="bold")
+    mt.add_column()
+    mt.add_row("CPU", f"{m['cpu_name']} — {m['physical_cores']} cores / "
+               f"{m['logical_cores']} threads")
+    if m["simd"]:
+        mt.add_row("SIMD", " ".join(m["simd"]))
+    ram = f"{_size(m['ram_total'])} total, {_size(m['ram_available'])} available"
+    if m["swap_total"]:
+        ram += f", swap {_size(m['swap_total'])}"
+    mt.add_row("RAM", ram)
+    if m["gpus"]:
+        for g in m["gpus"]:
+            kind = " (unified memory: working-set limit)" if g["unified"] else ""
+            mt.add_row(f"GPU {g['index']}", f"{g['name']} [{g['vendor']}] — "
+                       f"{_size(g['total_bytes'])} total, {_size(g['free_bytes'])} free{kind}")
+    else:
+        mt.add_row("GPU", "none")
+    mt.add_row("offload", m["offload_note"])
+    mt.add_row("disk", f"{_size(m['disk_free'])} free for models")
+    console.print(mt)
+
+    t = Table(title="DeepSeek-R1 models on it", title_justify="left")
+    for col, kw in (("model", {}), ("quant", {}), ("file", {"justify": "right"}),
+                    ("fits", {}), ("RAM", {"justify": "right"}), ("VRAM", {"justify": "right"}),
+                    ("context", {"justify": "right"}), ("speed", {"justify": "right"})):
+        t.add_column(col, **kw)
+    last = None
+    for r in report["plans"]:
+        if last is not None and r["tag"] != last:
+            t.add_section()
+        last = r["tag"]
+        style = {"gpu": "green", "partial": "yellow", "cpu": "cyan", "no-fit": "dim"}[r["verdict"]]
+        if r["recommended"]:
+            style = "bold reverse green"
+        fits = r["verdict"] != "no-fit"
+        t.add_row(
+            ("★ " if r["recommended"] else "") + r["tag"], r["quant"], _size(r["file_bytes"]),
+            _verdict(r), _size(r["ram_bytes"]) if fits else _size(r["ram_bytes"] + r["vram_bytes"]),
+            _size(r["vram_bytes"]) if r["vram_bytes"] and fits else "-",
+            str(r["n_ctx"]) if fits else "-", _speed(r["tok_s_low"], r["tok_s_high"]),
+            style=style)
+    console.print(t)
+    rec = report["recommendation"]
+    if rec["verdict"] == "no-fit":
+        console.print(f"[bold red]No R1 model fits:[/] {rec['reason']}")
+    else:
+        console.print(
+            f"[bold green]Recommended:[/] [bold]{rec['model']}:{rec['quant']}[/] — "
+            f"context {rec['n_ctx']}, {_speed(rec['tok_s_low'], rec['tok_s_high'])} "
+            f"({rec['reason']}).  `r1local pull {rec['model']}:{rec['quant']}`")
 
 
 def run(args: argparse.Namespace) -> int:
-    from r1local.errors import R1LocalError
+    report = build_report(args)
+    if args.json:
+        import json
+        import sys
 
-    raise R1LocalError("this command is not built yet")
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    render(report)
+    return 0
