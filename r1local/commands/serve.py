@@ -63,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         return asyncio.run(_serve(config, sock))
+    except KeyboardInterrupt:  # Ctrl-C is how a server is stopped: not an error
+        print("r1local: server stopped", file=sys.stderr)
+        return 0
     finally:
         sock.close()
 

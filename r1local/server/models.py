@@ -160,6 +160,8 @@ class ModelManager:
         self.loaded: dict[str, Loaded] = {}
         self._queues: dict[str, _Queue] = {}
         self._sweeper: asyncio.Task | None = None
+        # running engine calls: (cancel Event, future done when the worker thread ends)
+        self.running: set[tuple[Any, asyncio.Future]] = set()
         self.loads = 0  # engines loaded since start (tests and /api/ps watchers)
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -176,6 +178,14 @@ class ModelManager:
             except asyncio.CancelledError:
                 pass
             self._sweeper = None
+        # never close an engine under a running token loop: cancel and wait for each
+        for cancel, done in list(self.running):
+            cancel.set()
+        for _cancel, done in list(self.running):
+            try:
+                await asyncio.shield(done)
+            except Exception:
+                pass
         for key in list(self.loaded):
             await self._close(key)
 

@@ -51,6 +51,9 @@ class Generation:
         self._stats: "Stats | None" = None
         self._chunks = chunks
         self.done = self._loop.run_in_executor(None, self._work)
+        entry = (cancel, self.done)
+        manager.running.add(entry)
+        self.done.add_done_callback(lambda _f: manager.running.discard(entry))
         self.done.add_done_callback(lambda _f: manager.release(lease, keep_alive))
 
     def _work(self) -> None:
