@@ -1,4 +1,8 @@
-"""`r1local pull`: not built yet."""
+"""`r1local pull TAG[:QUANT]`: download a model into the local store (resumable, verified).
+
+With no quant the planner picks the best one for this machine and says why. `--from-source`
+downloads the original safetensors and converts them here instead of fetching a GGUF.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,31 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("tag", help="a catalog tag (1.5b 7b 8b 14b 32b 70b 671b ...), "
+                        "optionally with :QUANT, e.g. 14b:Q4_K_M")
+    parser.add_argument("--quant", metavar="Q", help="the quant to fetch (default: the best "
+                        "that fits this machine)")
+    parser.add_argument("--from-source", action="store_true",
+                        help="download the original safetensors and convert them locally")
+    parser.add_argument("--keep-source", action="store_true",
+                        help="with --from-source: keep the safetensors after converting")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    from r1local.errors import R1LocalError
+    import sys
 
-    raise R1LocalError("this command is not built yet")
+    from r1local.errors import UsageError
+    from r1local.hub import pull
+
+    if args.keep_source and not args.from_source:
+        raise UsageError("--keep-source only applies with --from-source")
+    try:
+        model = pull(args.tag, quant=args.quant, from_source=args.from_source,
+                     keep_source=args.keep_source, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"\nr1local: interrupted; `r1local pull {args.tag}` again resumes the download",
+              file=sys.stderr)
+        return 130
+    print(model.name)
+    return 0
