@@ -36,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"models kept loaded at once (default {DEFAULT_MAX_LOADED})")
     parser.add_argument("--ctx", type=int, metavar="N",
                         help="context length for every model (default: the planner's)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads per model (default: the planner's)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         cors_origins=tuple(args.cors_origin), keep_alive=_keep_alive(args.keep_alive),
         max_queue=_at_least("--max-queue", args.max_queue, 0),
         max_loaded=_at_least("--max-loaded", args.max_loaded, 1), n_ctx=args.ctx,
+        n_threads=_at_least("--threads", args.threads, 1) if args.threads is not None else None,
     )
     if args.ctx is not None:
         _at_least("--ctx", args.ctx, 16)

@@ -48,7 +48,8 @@ class ApiKeyMiddleware:
 def create_app(config: ServerConfig | None = None, manager: ModelManager | None = None) -> FastAPI:
     config = config or ServerConfig()
     manager = manager or ModelManager(keep_alive=config.keep_alive, max_queue=config.max_queue,
-                                      max_loaded=config.max_loaded, n_ctx=config.n_ctx)
+                                      max_loaded=config.max_loaded, n_ctx=config.n_ctx,
+                                      n_threads=config.n_threads)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -30,6 +30,7 @@ class ServerConfig:
     max_queue: int = DEFAULT_MAX_QUEUE
     max_loaded: int = DEFAULT_MAX_LOADED
     n_ctx: int | None = None  # override the planner's context for every load
+    n_threads: int | None = None  # override the planner's thread count
     extra: dict = field(default_factory=dict)
 
 

@@ -139,7 +139,8 @@ def _plan_for(path: Path, n_ctx: int | None) -> Any:
     return plan_gguf(header, probe(path.parent), n_ctx=n_ctx)
 
 
-def load_engine(path: Path, n_ctx: int | None) -> tuple["Engine", Any]:
+def load_engine(path: Path, n_ctx: int | None,
+                n_threads: int | None = None) -> tuple["Engine", Any]:
     """Load with the planner's settings (blocking)."""
     from r1local.engine import Engine
     from r1local.errors import DoesNotFitError
@@ -147,16 +148,17 @@ def load_engine(path: Path, n_ctx: int | None) -> tuple["Engine", Any]:
     plan = _plan_for(path, n_ctx)
     if plan is not None and not plan.fits:
         raise DoesNotFitError(f"{path.name} does not fit this machine ({plan.reason})")
-    return Engine.load(path, plan, n_ctx=n_ctx), plan
+    return Engine.load(path, plan, n_ctx=n_ctx, n_threads=n_threads), plan
 
 
 class ModelManager:
     def __init__(self, *, keep_alive: float = 300.0, max_queue: int = 512, max_loaded: int = 3,
-                 n_ctx: int | None = None) -> None:
+                 n_ctx: int | None = None, n_threads: int | None = None) -> None:
         self.keep_alive = keep_alive
         self.max_queue = max_queue
         self.max_loaded = max(1, max_loaded)
         self.n_ctx = n_ctx
+        self.n_threads = n_threads
         self.loaded: dict[str, Loaded] = {}
         self._queues: dict[str, _Queue] = {}
         self._sweeper: asyncio.Task | None = None
@@ -233,7 +235,8 @@ class ModelManager:
                 await self._make_room(key)
                 t1 = time.monotonic()
                 try:
-                    engine, plan = await asyncio.to_thread(load_engine, res.path, want_ctx)
+                    engine, plan = await asyncio.to_thread(load_engine, res.path, want_ctx,
+                                                           self.n_threads)
                 except ApiError:
                     raise
                 except Exception as err:  # R1LocalError and llama.cpp's own

@@ -1,0 +1,243 @@
+"""Serving under load: 16 concurrent streaming clients against `r1local serve`, side by side
+in one run with llama-cpp-python's own server (`python -m llama_cpp.server`), on the same
+model (SmolLM2-135M-Instruct Q4_1) and settings (context, threads, batch), through the same
+endpoint both offer: POST /v1/chat/completions with `stream: true`.
+
+    .venv/bin/python bench/serve_load.py [--clients 16] [--requests 256] [--max-tokens 16]
+
+Needs llama-cpp-python's server extras (sse-starlette, starlette-context, pydantic-settings).
+llama_cpp.server is run with --interrupt_requests False: by default a new request cuts off
+the one streaming, which would make it lose requests by design. Every request counts: one
+that fails or ends without its [DONE] is "lost".
+
+Prints a table and writes it to bench/results/serve_load.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+N_CTX, N_BATCH = 2048, 512
+TOPICS = ["the sea", "a cat", "bread", "winter", "a bicycle", "the moon", "tea", "a city",
+          "rain", "a library", "mountains", "a clock", "apples", "trains", "music", "a garden"]
+
+
+@dataclass
+class Result:
+    ok: bool
+    latency: float = 0.0
+    ttft: float = 0.0
+    tokens: int = 0
+    error: str = ""
+
+
+@dataclass
+class Run:
+    name: str
+    wall: float = 0.0
+    results: list[Result] = field(default_factory=list)
+
+
+def _pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    k = (len(values) - 1) * p
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+async def _one(client, url: str, model: str, i: int, max_tokens: int) -> Result:
+    import httpx
+
+    body = {"model": model, "stream": True, "max_tokens": max_tokens, "temperature": 0.7,
+            "seed": i, "messages": [{"role": "user",
+                                     "content": f"Write one sentence about {TOPICS[i % len(TOPICS)]}."}]}
+    t0 = time.perf_counter()
+    first, tokens, done = 0.0, 0, False
+    try:
+        async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
+            if r.status_code != 200:
+                return Result(False, error=f"HTTP {r.status_code}: {(await r.aread())[:120]!r}")
+            async for line in r.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = line[6:]
+                if data.strip() == "[DONE]":
+                    done = True
+                    break
+                obj = json.loads(data)
+                if "error" in obj:
+                    return Result(False, error=str(obj["error"])[:120])
+                for ch in obj.get("choices") or []:
+                    d = ch.get("delta") or {}
+                    if d.get("content") or d.get("reasoning_content"):
+                        tokens += 1  # both servers send one chunk per generated token
+                        if not first:
+                            first = time.perf_counter() - t0
+    except httpx.HTTPError as err:
+        return Result(False, error=f"{type(err).__name__}: {err}")
+    if not done:
+        return Result(False, error="stream ended without [DONE]")
+    return Result(True, time.perf_counter() - t0, first, tokens)
+
+
+async def _load(name: str, url: str, model: str, clients: int, requests: int,
+                max_tokens: int) -> Run:
+    import httpx
+
+    run = Run(name)
+    todo = iter(range(requests))
+    limits = httpx.Limits(max_connections=clients + 4)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
+        await _one(client, url, model, 10_000, 2)  # warm-up: model loaded, caches hot
+
+        async def worker() -> None:
+            for i in todo:
+                run.results.append(await _one(client, url, model, i, max_tokens))
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        run.wall = time.perf_counter() - t0
+    return run
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, path: str, log: Path,
+                timeout: float = 120) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited early ({proc.returncode}): {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(url + path, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"server at {url} did not come up")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(kind: str, model: Path, threads: int) -> tuple[subprocess.Popen, str, str]:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ}
+    env.pop("R1LOCAL_API_KEY", None)
+    if kind == "r1local":
+        cmd = [sys.executable, "-m", "r1local", "serve", "--port", str(port), "--model",
+               str(model), "--ctx", str(N_CTX), "--threads", str(threads), "--keep-alive", "-1"]
+        name = str(model)
+    else:
+        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host",
+               "127.0.0.1", "--port", str(port), "--n_ctx", str(N_CTX), "--n_batch",
+               str(N_BATCH), "--n_threads", str(threads), "--n_threads_batch", str(threads),
+               "--interrupt_requests", "False"]
+        name = str(model)
+    # the servers' logs go to a file: a pipe nobody reads would fill up and block them
+    log = ROOT / "bench" / "results" / f"serve_load.{kind}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=f)
+    _wait_ready(url, proc, "/v1/models", log)
+    return proc, url, name
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _row(run: Run, requests: int) -> dict:
+    ok = [r for r in run.results if r.ok]
+    tokens = sum(r.tokens for r in ok)
+    return {
+        "server": run.name, "ok": len(ok), "lost": requests - len(ok),
+        "p50": _pct([r.latency for r in ok], 0.5), "p95": _pct([r.latency for r in ok], 0.95),
+        "ttft50": _pct([r.ttft for r in ok], 0.5), "ttft95": _pct([r.ttft for r in ok], 0.95),
+        "tok_s": tokens / run.wall if run.wall else 0.0, "tokens": tokens, "wall": run.wall,
+        "errors": sorted({r.error for r in run.results if not r.ok})[:3],
+    }
+
+
+def _table(rows: list[dict], args, threads: int, model: Path) -> str:
+    head = (f"Serving load: {args.clients} concurrent streaming clients, {args.requests} requests "
+            f"of max {args.max_tokens} tokens, {model.name}, context {N_CTX}, {threads} threads, "
+            f"POST /v1/chat/completions (stream)\n\n")
+    lines = ["| server | ok / lost | p50 latency s | p95 latency s | p50 TTFT s | p95 TTFT s "
+             "| tokens | aggregate tok/s |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['server']} | {r['ok']} / {r['lost']} | {r['p50']:.2f} | "
+                     f"{r['p95']:.2f} | {r['ttft50']:.2f} | {r['ttft95']:.2f} | {r['tokens']} | "
+                     f"{r['tok_s']:.1f} |")
+    if len(rows) == 2 and rows[1]["tok_s"]:
+        a, b = rows
+        lines.append(f"| ratio r1local / llama_cpp.server | | {a['p50'] / b['p50']:.2f}x | "
+                     f"{a['p95'] / b['p95']:.2f}x | {a['ttft50'] / b['ttft50']:.2f}x | "
+                     f"{a['ttft95'] / b['ttft95']:.2f}x | | {a['tok_s'] / b['tok_s']:.2f}x |")
+    out = head + "\n".join(lines) + "\n"
+    for r in rows:
+        if r["errors"]:
+            out += f"\n{r['server']} errors: {r['errors']}\n"
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--requests", type=int, default=256)
+    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--only", choices=["r1local", "llama_cpp"], default=None)
+    args = ap.parse_args()
+
+    import model_fixtures
+
+    model = model_fixtures.smollm2_path()
+    threads = args.threads or os.cpu_count() or 2
+    rows = []
+    for kind, label in (("r1local", "r1local serve"), ("llama_cpp", "llama_cpp.server")):
+        if args.only and args.only != kind:
+            continue
+        proc, url, name = _start(kind, model, threads)
+        try:
+            run = asyncio.run(_load(label, url, name, args.clients, args.requests, args.max_tokens))
+        finally:
+            _stop(proc)
+        rows.append(_row(run, args.requests))
+        print(f"{label}: {rows[-1]['ok']}/{args.requests} ok in {run.wall:.1f} s", file=sys.stderr)
+    table = _table(rows, args, threads, model)
+    print(table)
+    out = ROOT / "bench" / "results" / "serve_load.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(table)
+    return 0 if all(r["lost"] == 0 for r in rows if r["server"] == "r1local serve") else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
