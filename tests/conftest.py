@@ -39,3 +39,14 @@ def micro_reasoner() -> Path:
     import micro_reasoner as mr
 
     return mr.micro_reasoner_gguf()
+
+
+@pytest.fixture
+def loopback_hub(tmp_path):
+    """A Hugging Face hub on 127.0.0.1 (tests/loopback_hub.py) serving tmp_path/hub as
+    ORG/REPO/FILE; point HF_ENDPOINT at ``hub.url``. Stopped when the test ends."""
+    from loopback_hub import LoopbackHub
+
+    hub = LoopbackHub(tmp_path / "hub").start()
+    yield hub
+    hub.stop()
