@@ -1,0 +1,145 @@
+"""A streaming GGUF (v3) writer: header and tensor table first, then data block by block.
+
+Every tensor's shape and type is known before any data is read (from the safetensors
+headers), so the whole header is written up front and each tensor's bytes are appended as
+they are converted: nothing bigger than one row block is ever held in memory.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from quantize.quants import GGML_TYPES
+
+GGUF_MAGIC = b"GGUF"
+GGUF_VERSION = 3
+ALIGNMENT = 32
+
+# GGUF metadata value types
+UINT8, INT8, UINT16, INT16, UINT32, INT32, FLOAT32, BOOL, STRING, ARRAY, UINT64, INT64, FLOAT64 = range(13)
+_SCALAR_FORMATS = {UINT8: "<B", INT8: "<b", UINT16: "<H", INT16: "<h", UINT32: "<I", INT32: "<i",
+                   FLOAT32: "<f", BOOL: "<?", UINT64: "<Q", INT64: "<q", FLOAT64: "<d"}
+
+
+@dataclass(frozen=True)
+class KV:
+    key: str
+    value: Any
+    vtype: int
+    etype: int | None = None  # element type of an ARRAY
+
+
+@dataclass(frozen=True)
+class TensorSlot:
+    name: str
+    shape: tuple[int, ...]  # numpy order (rows first)
+    ggml: str  # "F32" | "F16" | "BF16" | "Q8_0"
+
+    @property
+    def nbytes(self) -> int:
+        _, block, size = GGML_TYPES[self.ggml]
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n // block * size
+
+
+def _string(s: str) -> bytes:
+    b = s.encode("utf-8")
+    return struct.pack("<Q", len(b)) + b
+
+
+def _value(vtype: int, value: Any, etype: int | None) -> bytes:
+    if vtype == STRING:
+        return _string(value)
+    if vtype == ARRAY:
+        assert etype is not None
+        head = struct.pack("<IQ", etype, len(value))
+        if etype == STRING:
+            return head + b"".join(_string(v) for v in value)
+        fmt = _SCALAR_FORMATS[etype]
+        return head + np.asarray(value, dtype=np.dtype(fmt)).tobytes()
+    return struct.pack(_SCALAR_FORMATS[vtype], value)
+
+
+def _pad(n: int) -> int:
+    return -n % ALIGNMENT
+
+
+def encode(block: np.ndarray, ggml: str) -> bytes | np.ndarray:
+    """float32 rows -> the bytes of one GGUF type."""
+    if ggml == "F32":
+        return np.ascontiguousarray(block, dtype=np.float32)
+    if ggml == "F16":
+        return np.ascontiguousarray(block).astype(np.float16)
+    if ggml == "BF16":
+        return to_bf16(block)
+    if ggml == "Q8_0":
+        return quantize_q8_0(block)
+    raise ValueError(ggml)
+
+
+def to_bf16(block: np.ndarray) -> np.ndarray:
+    """Round to nearest even, as ggml does; NaN stays a quiet NaN."""
+    bits = np.ascontiguousarray(block, dtype=np.float32).view(np.uint32)
+    rounded = ((bits + (0x7FFF + ((bits >> 16) & 1))) >> 16).astype(np.uint16)
+    nan = np.isnan(block)
+    if nan.any():
+        rounded[nan] = ((bits[nan] >> 16) | 64).astype(np.uint16)
+    return rounded
+
+
+def quantize_q8_0(block: np.ndarray) -> np.ndarray:
+    """ggml's reference Q8_0: per 32 values an f16 scale amax/127 and 32 int8 rounded away from 0."""
+    x = np.ascontiguousarray(block, dtype=np.float32).reshape(-1, 32)
+    d = np.abs(x).max(axis=1) / 127.0
+    inv = np.divide(1.0, d, out=np.zeros_like(d), where=d > 0)
+    scaled = x * inv[:, None]
+    q = np.trunc(scaled + np.copysign(0.5, scaled)).astype(np.int8)
+    out = np.empty((x.shape[0], 34), dtype=np.uint8)
+    out[:, :2] = d.astype(np.float16).view(np.uint8).reshape(-1, 2)
+    out[:, 2:] = q.view(np.uint8)
+    return out
+
+
+class GGUFStreamWriter:
+    """Write the header once, then ``write(block)`` tensor data in the declared order."""
+
+    def __init__(self, f: BinaryIO, kvs: list[KV], slots: list[TensorSlot]) -> None:
+        self.f = f
+        self.slots = slots
+        self._index = 0
+        self._written = 0  # bytes of the current tensor so far
+        head = bytearray(GGUF_MAGIC + struct.pack("<IQQ", GGUF_VERSION, len(slots), len(kvs)))
+        for kv in kvs:
+            head += _string(kv.key) + struct.pack("<I", kv.vtype) + _value(kv.vtype, kv.value, kv.etype)
+        offset = 0
+        for slot in slots:
+            dims = tuple(reversed(slot.shape))  # GGUF lists the fastest-varying dimension first
+            head += _string(slot.name) + struct.pack("<I", len(dims))
+            head += struct.pack(f"<{len(dims)}Q", *dims)
+            head += struct.pack("<IQ", GGML_TYPES[slot.ggml][0], offset)
+            offset += slot.nbytes + _pad(slot.nbytes)
+        head += b"\0" * _pad(len(head))
+        f.write(head)
+        self.data_bytes = offset
+
+    def write(self, data: bytes | np.ndarray) -> int:
+        slot = self.slots[self._index]
+        n = self.f.write(memoryview(data).cast("B") if isinstance(data, np.ndarray) else data)
+        self._written += n
+        if self._written > slot.nbytes:
+            raise ValueError(f"{slot.name}: wrote {self._written} bytes, expected {slot.nbytes}")
+        if self._written == slot.nbytes:
+            self.f.write(b"\0" * _pad(slot.nbytes))
+            self._index += 1
+            self._written = 0
+        return n
+
+    def finish(self) -> None:
+        if self._index != len(self.slots):
+            raise ValueError(f"only {self._index} of {len(self.slots)} tensors were written")
