@@ -1,0 +1,285 @@
+"""`r1local pull` through the CLI, against the loopback hub with the real huggingface-hub.
+
+Each test runs r1local in a subprocess with HF_ENDPOINT at a hub on 127.0.0.1, and HF_HOME
+and R1LOCAL_HOME in temporary folders; the hub's request log shows what was fetched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from r1local.catalog import load_catalog
+
+TAG = "7b"
+VARIANT = load_catalog().resolve(TAG).variant
+REPO = VARIANT.gguf_repo
+Q4_FILE = VARIANT.quants["Q4_K_M"].files[0]
+SPLIT = load_catalog().resolve("70b:Q5_K_M")
+SPLIT_FILES = SPLIT.variant.quants["Q5_K_M"].files
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def env(tmp_path, loopback_hub):
+    return dict(os.environ, HF_ENDPOINT=loopback_hub.url, HF_HOME=str(tmp_path / "hf"),
+                R1LOCAL_HOME=str(tmp_path / "r1"), HF_HUB_DISABLE_TELEMETRY="1",
+                NO_COLOR="1", COLUMNS="100")
+
+
+@pytest.fixture
+def hub(loopback_hub, r1_standin):
+    """The R1 stand-in served under the real 7b repo and every 7b quant's file name."""
+    from loopback_hub import layout_variant
+
+    layout_variant(loopback_hub, VARIANT, r1_standin)
+    return loopback_hub
+
+
+def r1local(env: dict, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "r1local", *args], env=env, text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def manifest(env: dict) -> dict:
+    path = Path(env["R1LOCAL_HOME"]) / "models" / "manifest.json"
+    return json.loads(path.read_text())["models"] if path.exists() else {}
+
+
+def error_line(p: subprocess.CompletedProcess) -> str:
+    """The one line an error must be: no traceback, non-zero exit."""
+    assert p.returncode != 0, p.stdout + p.stderr
+    assert "Traceback" not in p.stderr, p.stderr
+    lines = [line for line in p.stderr.splitlines() if line.startswith("r1local: error:")]
+    assert len(lines) == 1, p.stderr
+    return lines[0]
+
+
+# ---- a full pull, then nothing fetched again ------------------------------------------------
+
+def test_full_pull_registers_verified_file_and_second_pull_fetches_nothing(env, hub, r1_standin):
+    p = r1local(env, "pull", f"{TAG}:q4_k_m")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "7b:Q4_K_M"
+    entry = manifest(env)["7b:Q4_K_M"]
+    stored = Path(env["R1LOCAL_HOME"]) / "models" / entry["files"][0]
+    assert stored.name == Q4_FILE
+    assert sha256(stored) == sha256(r1_standin) == entry["sha256"][0]
+    assert entry["source"] == REPO and entry["revision"] == hub.commit
+    assert entry["size"] == r1_standin.stat().st_size
+    gets = hub.body_gets(Q4_FILE)
+    assert [(g.range_start, g.sent) for g in gets] == [(None, r1_standin.stat().st_size)]
+    assert not (Path(env["R1LOCAL_HOME"]) / "models" / ".partial").exists()
+
+    hub.log.clear()
+    again = r1local(env, "pull", TAG + ":Q4_K_M")
+    assert again.returncode == 0, again.stderr
+    assert "up to date" in again.stderr
+    assert hub.body_gets() == []  # only the metadata HEAD
+
+
+def test_no_quant_asks_the_planner_and_says_why(env, hub):
+    from r1local.hardware import probe
+    from r1local.planner import choose_quant
+
+    expected = choose_quant(VARIANT, probe()).quant
+    p = r1local(env, "pull", TAG)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == f"7b:{expected}"
+    assert f"chose 7b:{expected} for this machine:" in p.stderr
+    assert list(manifest(env)) == [f"7b:{expected}"]
+
+
+# ---- resumable --------------------------------------------------------------------------------
+
+def test_killed_pull_resumes_from_the_partial(env, hub, r1_standin, tmp_path):
+    size = r1_standin.stat().st_size
+    hub.throttle = 2_000_000  # bytes/s: the download takes ~5 s, long enough to kill it
+    partial_dir = tmp_path / "r1" / "models" / ".partial"
+    proc = subprocess.Popen([sys.executable, "-m", "r1local", "pull", TAG + ":Q4_K_M"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            parts = list(partial_dir.rglob("*.partial"))
+            if parts and parts[0].stat().st_size > size // 4:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the download never got going")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    have = parts[0].stat().st_size
+    assert size // 4 < have < size
+    assert manifest(env) == {}  # nothing half-done is registered
+
+    hub.throttle = None
+    deadline = time.monotonic() + 10  # the hub logs the cut-off GET once it notices
+    while not hub.body_gets(Q4_FILE) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first = hub.body_gets(Q4_FILE)
+    assert [g.range for g in first] == [None]
+    p = r1local(env, "pull", TAG + ":Q4_K_M")
+    assert p.returncode == 0, p.stderr
+    assert "resuming" in p.stderr
+    second = hub.body_gets(Q4_FILE)[len(first):]
+    assert [(g.range, g.status, g.sent) for g in second] == [(f"bytes={have}-", 206, size - have)]
+    stored = tmp_path / "r1" / "models" / manifest(env)["7b:Q4_K_M"]["files"][0]
+    assert sha256(stored) == sha256(r1_standin)
+
+
+# ---- verified -----------------------------------------------------------------------------------
+
+def test_corrupted_download_is_deleted_and_not_registered(env, hub, r1_standin, tmp_path):
+    hub.corrupt.add(f"{REPO}/{Q4_FILE}")
+    p = r1local(env, "pull", TAG + ":Q4_K_M")
+    line = error_line(p)
+    assert "damaged" in line and "deleted" in line and "sha256" in line
+    assert manifest(env) == {}
+    models = tmp_path / "r1" / "models"
+    assert not [f for f in models.rglob("*") if f.is_file() and f.stat().st_size > 1 << 20]
+
+    hub.corrupt.clear()
+    p = r1local(env, "pull", TAG + ":Q4_K_M")
+    assert p.returncode == 0, p.stderr
+    assert manifest(env)["7b:Q4_K_M"]["sha256"] == [sha256(r1_standin)]
+
+
+def test_a_file_that_is_not_a_gguf_is_never_registered(env, hub):
+    hub.add_file(REPO, VARIANT.quants["Q2_K"].files[0], os.urandom(300_000))
+    line = error_line(r1local(env, "pull", TAG + ":Q2_K"))
+    assert "not a usable GGUF" in line and "deleted" in line
+    assert manifest(env) == {}
+
+
+def test_not_enough_disk_is_refused_before_a_byte_is_downloaded(env, hub):
+    hub.fake_size[f"{REPO}/{Q4_FILE}"] = 1 << 50  # the hub claims a petabyte
+    line = error_line(r1local(env, "pull", TAG + ":Q4_K_M"))
+    assert "not enough disk" in line and "1024.00 TiB" in line and "free" in line
+    assert hub.body_gets() == []
+
+
+# ---- split models ------------------------------------------------------------------------------
+
+def split_gguf(src: Path, out: Path, parts: int = 2) -> list[Path]:
+    """src rewritten as a split GGUF (llama.cpp's -0000N-of-0000M layout), by gguf-py."""
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+    reader = GGUFReader(src)
+    arch = reader.fields["general.architecture"].contents()
+    out.mkdir(parents=True, exist_ok=True)
+    w = GGUFWriter(out / "model.gguf", arch,
+                   split_max_tensors=math.ceil(len(reader.tensors) / parts))
+    for f in reader.fields.values():
+        if f.name.startswith("GGUF.") or f.name == "general.architecture":
+            continue
+        vt = GGUFValueType(f.types[0])
+        w.add_key_value(f.name, f.contents(), vt,
+                        sub_type=GGUFValueType(f.types[-1]) if vt == GGUFValueType.ARRAY else None)
+    for t in reader.tensors:
+        w.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return sorted(out.glob("model-*.gguf"))
+
+
+def test_split_model_is_fetched_as_one_model(env, loopback_hub, r1_standin, tmp_path):
+    parts = split_gguf(r1_standin, tmp_path / "split")
+    assert len(parts) == len(SPLIT_FILES) == 2
+    for name, part in zip(SPLIT_FILES, parts):
+        loopback_hub.add_file(SPLIT.variant.gguf_repo, name, part)
+    p = r1local(env, "pull", "70b:Q5_K_M")
+    assert p.returncode == 0, p.stderr
+    assert "split in 2 parts" in p.stderr
+    entry = manifest(env)["70b:Q5_K_M"]
+    files = [tmp_path / "r1" / "models" / f for f in entry["files"]]
+    assert [f.name for f in files] == [Path(n).name for n in SPLIT_FILES]
+    assert entry["sha256"] == [sha256(p) for p in parts]
+    assert entry["size"] == sum(p.stat().st_size for p in parts)
+    assert len(loopback_hub.body_gets()) == 2
+
+
+# ---- the Hugging Face cache is used -------------------------------------------------------------
+
+def test_file_already_in_the_hf_cache_is_not_fetched_again(env, hub, r1_standin, tmp_path):
+    warm = subprocess.run(
+        [sys.executable, "-c", "import sys; from huggingface_hub import hf_hub_download; "
+         f"print(hf_hub_download({REPO!r}, {Q4_FILE!r}))"],
+        env=env, text=True, capture_output=True, timeout=60)
+    assert warm.returncode == 0, warm.stderr
+    blob = Path(warm.stdout.strip()).resolve()
+    assert len(hub.body_gets(Q4_FILE)) == 1
+    hub.log.clear()
+
+    p = r1local(env, "pull", TAG + ":Q4_K_M")
+    assert p.returncode == 0, p.stderr
+    assert "from the Hugging Face cache" in p.stderr
+    assert hub.body_gets() == []
+    stored = tmp_path / "r1" / "models" / manifest(env)["7b:Q4_K_M"]["files"][0]
+    assert stored.stat().st_ino == blob.stat().st_ino  # hard-linked, not copied
+
+    # offline, the cache alone is enough (into a fresh store)
+    hub.log.clear()
+    offline = dict(env, HF_HUB_OFFLINE="1", R1LOCAL_HOME=str(tmp_path / "r1-offline"))
+    p = r1local(offline, "pull", TAG + ":Q4_K_M")
+    assert p.returncode == 0, p.stderr
+    assert hub.requests() == []
+
+
+# ---- errors: one line each -----------------------------------------------------------------------
+
+def test_offline_without_the_file_says_hf_hub_offline(env, hub):
+    line = error_line(r1local(dict(env, HF_HUB_OFFLINE="1"), "pull", TAG + ":Q4_K_M"))
+    assert "HF_HUB_OFFLINE" in line
+    assert hub.body_gets() == []
+
+
+def test_unreachable_hub_is_one_line_mentioning_hf_hub_offline(env, loopback_hub):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    line = error_line(r1local(dict(env, HF_ENDPOINT=f"http://127.0.0.1:{port}"),
+                              "pull", TAG + ":Q4_K_M"))
+    assert "cannot reach" in line and "HF_HUB_OFFLINE" in line
+
+
+def test_unknown_tag_suggests_the_closest(env, loopback_hub):
+    line = error_line(r1local(env, "pull", "7bb"))
+    assert "unknown model '7bb'" in line and "did you mean 7b" in line
+    line = error_line(r1local(env, "pull", "7b:Q9_K"))
+    assert "no quant 'Q9_K'" in line and "Q4_K_M" in line
+    assert loopback_hub.requests() == []
+
+
+def test_gated_repo_says_to_set_hf_token_and_the_token_opens_it(env, hub):
+    hub.gated.add(REPO)
+    line = error_line(r1local(env, "pull", TAG + ":Q4_K_M"))
+    assert "gated" in line and "HF_TOKEN" in line
+    p = r1local(dict(env, HF_TOKEN=hub.token), "pull", TAG + ":Q4_K_M")
+    assert p.returncode == 0, p.stderr
+
+
+def test_file_missing_on_the_hub(env, loopback_hub, r1_standin):
+    loopback_hub.add_file(REPO, "README.md", b"only a readme")
+    line = error_line(r1local(env, "pull", TAG + ":Q4_K_M"))
+    assert Q4_FILE in line and "not in" in line
