@@ -283,3 +283,43 @@ def test_file_missing_on_the_hub(env, loopback_hub, r1_standin):
     loopback_hub.add_file(REPO, "README.md", b"only a readme")
     line = error_line(r1local(env, "pull", TAG + ":Q4_K_M"))
     assert Q4_FILE in line and "not in" in line
+
+
+# ---- --from-source -----------------------------------------------------------------------------
+
+def test_from_source_fetches_only_needed_files_and_converts(env, loopback_hub, tmp_path):
+    import hf_checkpoints
+
+    ckpt = hf_checkpoints.qwen2_checkpoint(shard_bytes=400_000)
+    repo = VARIANT.source_repo
+    for f in ckpt.iterdir():
+        loopback_hub.add_file(repo, f.name, f)
+    assert (ckpt / "model.safetensors.index.json").exists()
+    # files a conversion does not need: never fetched
+    loopback_hub.add_file(repo, "README.md", b"# model card")
+    loopback_hub.add_file(repo, "figures/benchmark.safetensors", b"x" * 1000)
+    loopback_hub.add_file(repo, "stale-model.safetensors", b"y" * 1000)
+
+    p = r1local(env, "pull", "7b:Q8_0", "--from-source", timeout=120)
+    assert p.returncode == 0, p.stderr
+    fetched = {g.path.rsplit("/", 1)[-1] for g in loopback_hub.body_gets()}
+    shards = set(json.loads((ckpt / "model.safetensors.index.json").read_text())["weight_map"].values())
+    assert len(shards) > 1 and shards <= fetched
+    assert not fetched & {"README.md", "benchmark.safetensors", "stale-model.safetensors"}
+    entry = manifest(env)["7b:Q8_0"]
+    assert entry["origin"] == "source" and entry["source"] == repo
+    assert entry["revision"] == loopback_hub.commit
+    gguf = tmp_path / "r1" / "models" / entry["files"][0]
+    from r1local.ggufinfo import read_header
+    from r1local.store import quant_of
+
+    header = read_header(gguf, check_architecture=True)
+    assert header.architecture == "qwen2" and quant_of(header) == "Q8_0"
+    assert sha256(gguf) == entry["sha256"][0]
+    assert not (tmp_path / "r1" / "models" / ".source").exists()  # safetensors removed
+
+    loopback_hub.log.clear()
+    p = r1local(env, "pull", "7b:Q8_0", "--from-source", "--keep-source", timeout=120)
+    assert p.returncode == 0, p.stderr
+    kept = list((tmp_path / "r1" / "models" / ".source").rglob("*.safetensors"))
+    assert {k.name for k in kept} == shards
