@@ -323,3 +323,35 @@ def test_from_source_fetches_only_needed_files_and_converts(env, loopback_hub, t
     assert p.returncode == 0, p.stderr
     kept = list((tmp_path / "r1" / "models" / ".source").rglob("*.safetensors"))
     assert {k.name for k in kept} == shards
+
+
+# ---- end to end: the contributors' recipe ------------------------------------------------------
+
+def test_pull_7b_then_run_7b_end_to_end(env, hub):
+    """`HF_ENDPOINT=... r1local pull 7b` then `r1local run 7b "hello"`: the README recipe."""
+    p = r1local(env, "pull", TAG)
+    assert p.returncode == 0, p.stderr
+    run = r1local(env, "run", TAG, "hello", "--max-tokens", "8", "--seed", "1", "--json",
+                  timeout=120)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["stats"]["completion_tokens"] > 0
+    assert out["finish_reason"] in ("length", "stop")
+
+
+def test_progress_callback_gets_ollama_style_events(env, hub, r1_standin):
+    """What the server's /api/pull relays: status lines and digest/total/completed numbers."""
+    code = ("import json; from r1local.hub import pull; ev = []; "
+            "m = pull('7b:Q4_K_M', progress=ev.append); print(json.dumps([m.name, ev]))")
+    p = subprocess.run([sys.executable, "-c", code], env=env, text=True, capture_output=True,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+    name, events = json.loads(p.stdout)
+    assert name == "7b:Q4_K_M"
+    size = r1_standin.stat().st_size
+    numbers = [e for e in events if "total" in e]
+    assert numbers and all(e["total"] == size for e in numbers)
+    assert numbers[0]["digest"] == "sha256:" + sha256(r1_standin)
+    assert numbers[-1]["completed"] == size
+    assert [e["completed"] for e in numbers] == sorted(e["completed"] for e in numbers)
+    assert any(e["status"].startswith("verifying sha256") for e in events)
