@@ -216,7 +216,9 @@ def _head(repo: str, filename: str, revision: str) -> Any:
 
     url = hf_hub_url(repo, filename, revision=revision)
     try:
-        meta = get_hf_file_metadata(url, retry_on_errors=True)
+        # no retries with backoff here: an unreachable hub should say so at once, not in
+        # 30 s; the body download below retries and resumes on its own
+        meta = get_hf_file_metadata(url, retry_on_errors=False)
     except Exception as err:
         raise _friendly(err, repo, filename) from None
     if meta.size is None or meta.etag is None:
@@ -320,7 +322,9 @@ def _partial_matches(r: _Remote) -> bool:
 def _fetch(r: _Remote, progress: _Progress) -> None:
     """Bring r to r.partial (complete), resuming what an earlier run left there."""
     from huggingface_hub.file_download import http_get
-    from huggingface_hub.utils import build_hf_headers
+    from huggingface_hub.utils import build_hf_headers, disable_progress_bars
+
+    disable_progress_bars("huggingface_hub.http_get")  # ours is drawn instead (or the callback's)
 
     r.partial.parent.mkdir(parents=True, exist_ok=True)
     if r.partial.exists() and not _partial_matches(r):

@@ -177,13 +177,22 @@ def test_not_enough_disk_is_refused_before_a_byte_is_downloaded(env, hub):
 
 # ---- split models ------------------------------------------------------------------------------
 
-def split_gguf(src: Path, out: Path, parts: int = 2) -> list[Path]:
-    """src rewritten as a split GGUF (llama.cpp's -0000N-of-0000M layout), by gguf-py."""
-    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+def split_gguf(src: Path, parts: int = 2) -> list[Path]:
+    """src rewritten as a split GGUF (llama.cpp's -0000N-of-0000M layout) by gguf-py; cached
+    next to the other fixtures (reading the 152k-token vocabulary back takes a while)."""
+    import shutil
 
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+    from model_fixtures import cache_dir
+
+    done = cache_dir() / f"split{parts}-{src.stem}"
+    if done.is_dir():
+        return sorted(done.glob("model-*.gguf"))
+    out = done.with_name(done.name + ".partial")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     reader = GGUFReader(src)
     arch = reader.fields["general.architecture"].contents()
-    out.mkdir(parents=True, exist_ok=True)
     w = GGUFWriter(out / "model.gguf", arch,
                    split_max_tensors=math.ceil(len(reader.tensors) / parts))
     for f in reader.fields.values():
@@ -198,11 +207,12 @@ def split_gguf(src: Path, out: Path, parts: int = 2) -> list[Path]:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return sorted(out.glob("model-*.gguf"))
+    os.replace(out, done)
+    return sorted(done.glob("model-*.gguf"))
 
 
 def test_split_model_is_fetched_as_one_model(env, loopback_hub, r1_standin, tmp_path):
-    parts = split_gguf(r1_standin, tmp_path / "split")
+    parts = split_gguf(r1_standin)
     assert len(parts) == len(SPLIT_FILES) == 2
     for name, part in zip(SPLIT_FILES, parts):
         loopback_hub.add_file(SPLIT.variant.gguf_repo, name, part)
