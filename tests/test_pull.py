@@ -365,3 +365,26 @@ def test_progress_callback_gets_ollama_style_events(env, hub, r1_standin):
     assert numbers[-1]["completed"] == size
     assert [e["completed"] for e in numbers] == sorted(e["completed"] for e in numbers)
     assert any(e["status"].startswith("verifying sha256") for e in events)
+
+
+def test_ctrl_c_keeps_the_partial_and_says_how_to_resume(env, hub, r1_standin, tmp_path):
+    hub.throttle = 2_000_000
+    partial_dir = tmp_path / "r1" / "models" / ".partial"
+    proc = subprocess.Popen([sys.executable, "-m", "r1local", "pull", TAG + ":Q4_K_M"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            parts = list(partial_dir.rglob("*.partial"))
+            if parts and parts[0].stat().st_size > 1 << 20:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "again resumes the download" in err
+    assert parts[0].stat().st_size > 1 << 20 and manifest(env) == {}
