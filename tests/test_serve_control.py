@@ -178,10 +178,19 @@ def test_config_parsing_and_exposure_warning():
 
 
 def _r1local(*args: str, **kw) -> subprocess.Popen:
-    env = {**os.environ, "R1LOCAL_HOME": kw.pop("home"), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "R1LOCAL_HOME": kw.pop("home"), "PYTHONUNBUFFERED": "1",
+           **kw.pop("extra_env", {})}
     env.pop("R1LOCAL_API_KEY", None)
     return subprocess.Popen([sys.executable, "-m", "r1local", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _address(p: subprocess.Popen) -> str:
+    for line in p.stderr:
+        m = re.search(r"serving on (http://127\.0\.0\.1:\d+)", line)
+        if m:
+            return m.group(1)
+    raise AssertionError("the server did not report its address")
 
 
 def test_cli_warns_when_exposed_and_fails_in_one_line(tmp_path):
@@ -200,13 +209,7 @@ def test_cli_warns_when_exposed_and_fails_in_one_line(tmp_path):
 def test_cli_serves_the_documented_curl_request(tmp_path, micro_reasoner):
     p = _r1local("serve", "--port", "0", "--model", str(micro_reasoner), home=str(tmp_path))
     try:
-        url = None
-        for line in p.stderr:
-            m = re.search(r"serving on (http://127\.0\.0\.1:\d+)", line)
-            if m:
-                url = m.group(1)
-                break
-        assert url, "the server did not report its address"
+        url = _address(p)
         # requests that name no model use --model
         r = httpx.post(url + "/api/generate", timeout=60, content=json.dumps(
             {"model": str(micro_reasoner), "prompt": "Say hello.", "stream": False,
@@ -226,3 +229,31 @@ def test_cli_serves_the_documented_curl_request(tmp_path, micro_reasoner):
         p.send_signal(signal.SIGINT)
         p.wait(timeout=30)
     assert p.returncode == 0
+
+
+def test_pull_through_the_api_then_serve_by_tag(tmp_path, loopback_hub, r1_standin):
+    """/api/pull streams the hub's progress (the real huggingface-hub against the loopback
+    hub), then the pulled model is listed and served by its catalog tag."""
+    from loopback_hub import layout_variant
+
+    from r1local.catalog import load_catalog
+
+    layout_variant(loopback_hub, load_catalog().resolve("7b").variant, r1_standin)
+    env = {"HF_ENDPOINT": loopback_hub.url, "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_DISABLE_TELEMETRY": "1"}
+    p = _r1local("serve", "--port", "0", home=str(tmp_path / "r1"), extra_env=env)
+    try:
+        url = _address(p)
+        client = ollama.Client(host=url)
+        events = list(client.pull("7b:Q4_K_M", stream=True))
+        assert events[-1].status == "success"
+        assert any(e.total and e.completed == e.total for e in events), events
+        assert "7b:Q4_K_M" in {m.model for m in client.list().models}
+        r = client.generate(model="7b", prompt="Hi", options={"num_predict": 3, "seed": 1})
+        assert r.eval_count == 3
+        with pytest.raises(ollama.ResponseError) as err:
+            list(client.pull("9000b", stream=True))
+        assert err.value.status_code == 404
+    finally:
+        p.send_signal(signal.SIGINT)
+        p.wait(timeout=30)

@@ -68,8 +68,7 @@ async def run_pull(hub: Any, ref: str, stream: bool) -> Any:
             stored = await task
         except Exception as err:  # R1LocalError: unknown tag, offline, disk full
             raise (err if isinstance(err, ApiError) else from_r1local(err)) from None
-        yield {"status": "verifying sha256 digest"}
-        yield {"status": "writing manifest"}
+        # hub.pull verified every sha256 and wrote the manifest before returning
         yield {"status": "success", "model": getattr(stored, "name", ref)}
 
     if not stream:
