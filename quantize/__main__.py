@@ -1,6 +1,7 @@
-"""`python -m quantize`: the converter's own command line."""
+"""`python -m quantize SRC --quant TYPE [-o OUT]`: the converter's own command line."""
 
 import sys
 
-print("quantize: not built yet", file=sys.stderr)
-raise SystemExit(1)
+from quantize.cli import main
+
+sys.exit(main())

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import model_fixtures
 
-VERSION = 1
+VERSION = 3
 
 # The Qwen2 pre-tokenizer regex as written in Qwen's / DeepSeek's tokenizer.json
 QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -34,7 +34,7 @@ LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
 R1_BOS, R1_EOS, R1_PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<|vision_pad|>"
 
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 8192}
+               "original_max_position_embeddings": 32}  # short, so the scaling shows within a prompt
 
 
 def _byte_level(regex: str) -> dict:
@@ -190,7 +190,9 @@ def _model(spec: Spec, special: dict):
         cls = tf.Qwen2ForCausalLM
     elif spec.arch == "llama":
         rope = {"rope_theta": 500000.0, **(spec.rope or LLAMA3_ROPE)}
-        cfg = tf.LlamaConfig(**common, rope_parameters=rope, head_dim=spec.head_dim or spec.hidden // spec.heads)
+        # Llama 3.1 contexts are longer than the scaled-from 8192 (transformers checks)
+        cfg = tf.LlamaConfig(**{**common, "max_position_embeddings": 131072}, rope_parameters=rope,
+                             head_dim=spec.head_dim or spec.hidden // spec.heads)
         cls = tf.LlamaForCausalLM
     elif spec.arch == "qwen3":
         cfg = tf.Qwen3Config(**common, rope_theta=1000000.0, head_dim=spec.head_dim or 128,
@@ -261,3 +263,58 @@ def load_model(folder: Path):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+def fp8_checkpoint(src: Path) -> Path:
+    """A copy of ``src`` stored as DeepSeek ships its own weights: 2-D projection weights in
+    FP8 e4m3 with float32 ``weight_scale_inv`` per 128x128 block (embeddings, head and norms
+    stay as they were). Returns the new folder (cached next to ``src``)."""
+    out = src.with_name(src.name + "-fp8")
+    if (out / "config.json").exists():
+        return out
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.safetensors", "*.index.json"))
+    tensors: dict = {}
+    for f in sorted(src.glob("*.safetensors")):
+        tensors.update(load_file(str(f)))
+    fp8: dict = {}
+    for name, w in tensors.items():
+        if w.ndim == 2 and "embed_tokens" not in name and "lm_head" not in name:
+            w = w.float()
+            rows, cols = w.shape
+            pad = torch.zeros(-(-rows // 128) * 128, -(-cols // 128) * 128)
+            pad[:rows, :cols] = w.abs()
+            amax = pad.reshape(pad.shape[0] // 128, 128, pad.shape[1] // 128, 128).amax(dim=(1, 3))
+            scale = (amax / 448.0).clamp(min=1e-12)
+            full = scale.repeat_interleave(128, 0).repeat_interleave(128, 1)[:rows, :cols]
+            fp8[name] = (w / full).to(torch.float8_e4m3fn)
+            fp8[name + "_scale_inv"] = scale.contiguous()
+        else:
+            fp8[name] = w
+    save_file(fp8, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+def fp8_dequantized(folder: Path) -> dict:
+    """name -> float32 tensor of an FP8 checkpoint, dequantized by torch (the reference)."""
+    import torch
+    from safetensors.torch import load_file
+
+    t = load_file(str(folder / "model.safetensors"))
+    out = {}
+    for name, w in t.items():
+        if name.endswith("_scale_inv"):
+            continue
+        if w.dtype == torch.float8_e4m3fn:
+            s = t[name + "_scale_inv"]
+            full = s.repeat_interleave(128, 0).repeat_interleave(128, 1)[: w.shape[0], : w.shape[1]]
+            out[name] = w.float() * full
+        else:
+            out[name] = w.float()
+    return out
