@@ -1,0 +1,147 @@
+"""`r1local convert` and `python -m quantize` end to end: a happy path and every error path
+(exit code != 0, one line on stderr, no partial file left behind)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import hf_checkpoints as hfc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cli(*args: str, module: str = "r1local") -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", module, *(["convert"] if module == "r1local" else []), *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.fixture()
+def ckpt(tmp_path) -> Path:
+    """A private copy of the tiny Qwen2 checkpoint that a test may damage."""
+    dst = tmp_path / "ckpt"
+    shutil.copytree(hfc.qwen2_checkpoint(), dst)
+    return dst
+
+
+def _assert_one_line_error(proc: subprocess.CompletedProcess, out_dir: Path, *needles: str) -> None:
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    assert not [p for p in out_dir.rglob("*") if p.name.endswith((".gguf", ".partial"))]
+
+
+def test_convert_q4_k_m_through_r1local(ckpt, tmp_path):
+    out = tmp_path / "out" / "m.gguf"
+    proc = _cli(str(ckpt), "--quant", "q4_k_m", "-o", str(out), "--threads", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(out)
+    assert out.stat().st_size > 0 and not list(out.parent.glob("*.partial"))
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(out), n_ctx=64, verbose=False)
+    try:
+        assert llm.n_vocab() == 512
+        assert llm.metadata["general.file_type"] == str(llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M)
+    finally:
+        llm.close()
+    # refused without --force, replaced with it
+    again = _cli(str(ckpt), "--quant", "Q4_K_M", "-o", str(out))
+    assert again.returncode != 0 and "--force" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    assert _cli(str(ckpt), "--quant", "Q8_0", "-o", str(out), "--force").returncode == 0
+
+
+def test_python_m_quantize(ckpt, tmp_path):
+    out = tmp_path / "q.gguf"
+    proc = _cli(str(ckpt), "--quant", "F16", "-o", str(out), module="quantize")
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes()[:4] == b"GGUF"
+
+
+def _break(kind: str, ckpt: Path) -> None:
+    if kind == "no config":
+        (ckpt / "config.json").unlink()
+    elif kind == "bad config":
+        (ckpt / "config.json").write_text("{ not json")
+    elif kind == "unsupported arch":
+        cfg = json.loads((ckpt / "config.json").read_text())
+        cfg["architectures"] = ["MambaForCausalLM"]
+        (ckpt / "config.json").write_text(json.dumps(cfg))
+    elif kind == "no tokenizer":
+        (ckpt / "tokenizer.json").unlink()
+    elif kind == "truncated":
+        f = ckpt / "model.safetensors"
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    elif kind == "corrupt header":
+        f = ckpt / "model.safetensors"
+        data = bytearray(f.read_bytes())
+        data[8:40] = b"\xff" * 32
+        f.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("kind,needles", [
+    ("no config", ["config.json"]),
+    ("bad config", ["config.json", "not valid JSON"]),
+    ("unsupported arch", ["MambaForCausalLM", "Qwen2ForCausalLM", "LlamaForCausalLM", "Qwen3ForCausalLM"]),
+    ("no tokenizer", ["tokenizer.json"]),
+    ("truncated", ["truncated", "re-download"]),
+    ("corrupt header", ["corrupt", "re-download"]),
+])
+def test_bad_checkpoints(ckpt, tmp_path, kind, needles):
+    _break(kind, ckpt)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = _cli(str(ckpt), "--quant", "F16", "-o", str(out_dir / "m.gguf"))
+    _assert_one_line_error(proc, out_dir, *needles)
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--quant", "Q4_K_X"], ["Q4_K_X", "Q4_K_M", "Q8_0", "F16"]),
+    (["--quant", "IQ2_XXS"], ["IQ2_XXS", "--imatrix", "Q4_K_M"]),
+    (["--quant", "F16", "--threads", "0"], ["--threads"]),
+])
+def test_bad_options(ckpt, tmp_path, args, needles):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = _cli(str(ckpt), *args, "-o", str(out_dir / "m.gguf"))
+    _assert_one_line_error(proc, out_dir, *needles)
+
+
+def test_missing_source(tmp_path):
+    proc = _cli(str(tmp_path / "nowhere" / "x"), "-o", str(tmp_path / "m.gguf"))
+    _assert_one_line_error(proc, tmp_path, "nowhere")
+
+
+def test_one_byte_short_is_caught(ckpt, tmp_path):
+    f = ckpt / "model.safetensors"
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with open(f, "r+b") as fh:
+        fh.truncate(f.stat().st_size - 1)
+    proc = _cli(str(ckpt), "--quant", "Q4_K_M", "-o", str(out_dir / "m.gguf"))
+    _assert_one_line_error(proc, out_dir, "truncated")
+
+
+def test_failure_while_streaming_leaves_no_partial(tmp_path):
+    """An FP8 weight whose block scales are missing fails mid-file: the .partial goes away."""
+    from safetensors.torch import load_file, save_file
+
+    src = tmp_path / "fp8"
+    shutil.copytree(hfc.fp8_checkpoint(hfc.qwen2_checkpoint()), src)
+    tensors = load_file(str(src / "model.safetensors"))
+    del tensors["model.layers.1.mlp.down_proj.weight_scale_inv"]
+    save_file(tensors, str(src / "model.safetensors"))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = _cli(str(src), "--quant", "Q4_K_M", "-o", str(out_dir / "m.gguf"))
+    _assert_one_line_error(proc, out_dir, "weight_scale_inv")
