@@ -173,25 +173,33 @@ class Checkpoint:
             sizes[e.dtype] = sizes.get(e.dtype, 0) + e.nbytes
         return max(sizes, key=sizes.get) if sizes else "F32"
 
-    def iter_rows(self, name: str, rows_per_block: int) -> Iterator[np.ndarray]:
-        """float32 blocks of whole rows (a 1-D tensor comes as one block)."""
+    def block_rows(self, name: str, rows_per_block: int) -> list[tuple[int, int]]:
+        """(first row, row count) of each block ``iter_rows`` / ``read_rows`` use."""
         entry = self.entries[name]
         if len(entry.shape) <= 1:
-            yield self._read(entry, 0, 1).reshape(entry.shape)
-            return
-        scale = self.entries.get(name + SCALE_SUFFIX) if entry.dtype == "F8_E4M3" else None
-        if entry.dtype == "F8_E4M3" and scale is None:
-            raise ConvertError(f"FP8 tensor {name} has no {name + SCALE_SUFFIX}: the checkpoint "
-                               "is incomplete")
-        if scale is not None:
+            return [(0, 1)]
+        if entry.dtype == "F8_E4M3":  # whole 128-row scale tiles per block
             rows_per_block = max(FP8_BLOCK, rows_per_block // FP8_BLOCK * FP8_BLOCK)
-        scales = self._read(scale, 0, scale.rows).reshape(scale.shape) if scale is not None else None
-        for r0 in range(0, entry.rows, rows_per_block):
-            n = min(rows_per_block, entry.rows - r0)
-            block = self._read(entry, r0, n).reshape((n, *entry.shape[1:]))
-            if scales is not None:
-                block = _apply_block_scales(block, scales, r0)
-            yield block
+        return [(r0, min(rows_per_block, entry.rows - r0)) for r0 in range(0, entry.rows, rows_per_block)]
+
+    def read_rows(self, name: str, row0: int, nrows: int) -> np.ndarray:
+        """float32 rows [row0, row0 + nrows) (a 1-D tensor whole); thread-safe."""
+        entry = self.entries[name]
+        if len(entry.shape) <= 1:
+            return self._read(entry, 0, 1).reshape(entry.shape)
+        block = self._read(entry, row0, nrows).reshape((nrows, *entry.shape[1:]))
+        if entry.dtype == "F8_E4M3":
+            scale = self.entries.get(name + SCALE_SUFFIX)
+            if scale is None:
+                raise ConvertError(f"FP8 tensor {name} has no {name + SCALE_SUFFIX}: the checkpoint "
+                                   "is incomplete")
+            block = _apply_block_scales(block, self._read(scale, 0, scale.rows).reshape(scale.shape), row0)
+        return block
+
+    def iter_rows(self, name: str, rows_per_block: int) -> Iterator[np.ndarray]:
+        """float32 blocks of whole rows (a 1-D tensor comes as one block)."""
+        for r0, n in self.block_rows(name, rows_per_block):
+            yield self.read_rows(name, r0, n)
 
     def read(self, name: str) -> np.ndarray:
         """A whole (small) tensor as float32."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from quantize.quants import (IMATRIX_QUANTS, LLAMA_QUANTS, QUANTIZATION_VERSION,
 from quantize.vocab import read_vocab
 from quantize.writer import STRING, UINT32, KV, GGUFStreamWriter, TensorSlot, encode
 
-BLOCK_BYTES = 32 << 20  # float32 bytes per row block: bounds memory whatever the tensor size
+BLOCK_BYTES = 16 << 20  # float32 bytes per row block: bounds memory whatever the tensor size
 DISK_MARGIN = 64 << 20
 HUB_FILES = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
              "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"]
@@ -79,9 +81,11 @@ def convert(src: str | Path, out: str | Path, quant: str = "F16", *, threads: in
         with open(partial if streamed else inter, "wb") as f:
             writer = GGUFStreamWriter(f, kvs, slots)
             total = sum(ckpt.entries[j.source].nbytes for j in jobs if j.source)
-            with phase(f"converting to {target}", total, progress) as advance:
+            workers = max(1, min(4, threads or os.cpu_count() or 1))
+            with phase(f"converting to {target}", total, progress) as advance, \
+                    ThreadPoolExecutor(workers, thread_name_prefix="convert") as pool:
                 for job, slot in zip(jobs, slots):
-                    _write_tensor(ckpt, job, slot, writer, advance)
+                    _write_tensor(ckpt, job, slot, writer, advance, pool)
             writer.finish()
             f.flush()
             os.fsync(f.fileno())
@@ -114,21 +118,37 @@ def _tensor_type(shape: tuple[int, ...], keep_f32: bool, target: str) -> str:
     return target
 
 
-def _write_tensor(ckpt: Checkpoint, job, slot: TensorSlot, writer: GGUFStreamWriter, advance) -> None:
+def _write_tensor(ckpt: Checkpoint, job, slot: TensorSlot, writer: GGUFStreamWriter, advance,
+                  pool: ThreadPoolExecutor) -> None:
+    """Row blocks are read and encoded on worker threads (numpy and preadv release the GIL)
+    and written in order; at most pool-size + 1 blocks are in flight, so memory stays flat."""
     if job.data is not None:
         writer.write(encode(job.data, slot.ggml))
         return
     entry = ckpt.entries[job.source]
-    row_floats = max(1, entry.row_elements)
-    rows = max(1, BLOCK_BYTES // (4 * row_floats))
+    rows = max(1, BLOCK_BYTES // (4 * max(1, entry.row_elements)))
     rows = max(job.row_multiple, rows // job.row_multiple * job.row_multiple)
     row_bytes = entry.nbytes // max(1, entry.rows)
-    for block in ckpt.iter_rows(job.source, rows):
+
+    def work(r0: int, n: int):
+        block = ckpt.read_rows(job.source, r0, n)
         if job.transform is not None:
             block = job.transform(block)
-        writer.write(encode(block, slot.ggml))
-        advance(row_bytes * (block.shape[0] if block.ndim > 1 else 1) if len(entry.shape) > 1
-                else entry.nbytes)
+        return encode(block, slot.ggml), (row_bytes * n if len(entry.shape) > 1 else entry.nbytes)
+
+    pending: deque = deque()
+    for r0, n in ckpt.block_rows(job.source, rows):
+        pending.append(pool.submit(work, r0, n))
+        if len(pending) > pool._max_workers:
+            _drain_one(pending, writer, advance)
+    while pending:
+        _drain_one(pending, writer, advance)
+
+
+def _drain_one(pending: deque, writer: GGUFStreamWriter, advance) -> None:
+    data, nbytes = pending.popleft().result()
+    writer.write(data)
+    advance(nbytes)
 
 
 def _metadata(arch, vocab, config: dict, source: str, revision: str | None, file_type: int,

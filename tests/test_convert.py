@@ -79,7 +79,7 @@ def test_f32_logits_match_transformers(case):
     rel = np.abs(got - ref).max() / (ref.max() - ref.min())
     print(f"{arch}: max |llama.cpp - transformers| = {rel:.2e} of the logit range over {len(ids)} positions")
     assert rel <= REL_TOLERANCE
-    assert (got.argmax(-1) == ref.argmax(-1)).all()
+    # top-1 equality is not asserted here: a random model has near-ties (gaps ~0.002)
 
 
 def test_f16_and_q8_0_agree_on_top1_where_the_model_decides(case):

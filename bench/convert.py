@@ -1,0 +1,208 @@
+"""Converter throughput and peak memory on a synthetic >= 4 GB checkpoint, side by side with
+a plain copy of the same bytes and with llama.cpp's convert_hf_to_gguf.py (same version).
+
+    .venv/bin/python bench/convert.py [--gb 4] [--llama-cpp-src DIR] [--keep]
+
+The checkpoint has real DeepSeek-R1-Distill-Qwen-7B shapes (hidden 3584, ffn 18944, 28/4
+heads, 152064-token vocabulary, untied head), as many layers as reach the size, BF16 in
+~1 GB shards with an index, and the real R1 tokenizer. Weights are random (one random block
+tiled). Each tool runs in its own process; its peak RSS is polled with psutil. The table is
+printed and written to bench/results/convert.md; the checkpoint is deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+SHAPE = dict(hidden=3584, ffn=18944, heads=28, kv_heads=4, vocab=152064)
+SHARD_BYTES = 1 << 30
+
+
+def layer_tensors(i: int) -> list[tuple[str, tuple[int, ...]]]:
+    h, f, kv = SHAPE["hidden"], SHAPE["ffn"], SHAPE["kv_heads"] * SHAPE["hidden"] // SHAPE["heads"]
+    p = f"model.layers.{i}."
+    return [(p + "input_layernorm.weight", (h,)), (p + "self_attn.q_proj.weight", (h, h)),
+            (p + "self_attn.q_proj.bias", (h,)), (p + "self_attn.k_proj.weight", (kv, h)),
+            (p + "self_attn.k_proj.bias", (kv,)), (p + "self_attn.v_proj.weight", (kv, h)),
+            (p + "self_attn.v_proj.bias", (kv,)), (p + "self_attn.o_proj.weight", (h, h)),
+            (p + "post_attention_layernorm.weight", (h,)), (p + "mlp.gate_proj.weight", (f, h)),
+            (p + "mlp.up_proj.weight", (f, h)), (p + "mlp.down_proj.weight", (h, f))]
+
+
+def _nbytes(shape) -> int:
+    return int(np.prod(shape)) * 2
+
+
+def make_checkpoint(folder: Path, target_bytes: int) -> int:
+    h, v = SHAPE["hidden"], SHAPE["vocab"]
+    outer = [("model.embed_tokens.weight", (v, h)), ("model.norm.weight", (h,)), ("lm_head.weight", (v, h))]
+    per_layer = sum(_nbytes(s) for _, s in layer_tensors(0))
+    layers = max(1, -(-(target_bytes - sum(_nbytes(s) for _, s in outer)) // per_layer))
+    tensors = outer[:1] + [t for i in range(layers) for t in layer_tensors(i)] + outer[1:]
+    # shards of ~1 GB
+    shards: list[list] = [[]]
+    size = 0
+    for name, shape in tensors:
+        if size and size + _nbytes(shape) > SHARD_BYTES:
+            shards.append([])
+            size = 0
+        shards[-1].append((name, shape))
+        size += _nbytes(shape)
+    rng = np.random.default_rng(0)
+    tile = (rng.standard_normal(8 << 20, dtype=np.float32) * 0.02).view(np.uint32)
+    tile = ((tile + 0x7FFF + ((tile >> 16) & 1)) >> 16).astype(np.uint16)  # bf16
+    weight_map = {}
+    total = 0
+    for k, shard in enumerate(shards):
+        fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+        header, off = {}, 0
+        for name, shape in shard:
+            header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [off, off + _nbytes(shape)]}
+            off += _nbytes(shape)
+            weight_map[name] = fname
+        blob = json.dumps(header).encode()
+        blob += b" " * (-len(blob) % 8)
+        with open(folder / fname, "wb") as f:
+            f.write(struct.pack("<Q", len(blob)) + blob)
+            for name, shape in shard:
+                left = int(np.prod(shape))
+                while left:
+                    n = min(left, tile.size)
+                    f.write(tile[:n].tobytes())
+                    left -= n
+        total += off
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}))
+    config = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": v,
+              "hidden_size": h, "intermediate_size": SHAPE["ffn"], "num_hidden_layers": layers,
+              "num_attention_heads": SHAPE["heads"], "num_key_value_heads": SHAPE["kv_heads"],
+              "max_position_embeddings": 131072, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
+              "hidden_act": "silu", "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+              "bos_token_id": 151646, "eos_token_id": 151643, "use_sliding_window": False}
+    (folder / "config.json").write_text(json.dumps(config, indent=1))
+    import hf_checkpoints
+
+    hf_checkpoints.write_r1_tokenizer(folder)
+    return total
+
+
+def measure(cmd: list[str], env: dict | None = None) -> tuple[float, int, int, str]:
+    """(seconds, peak RSS bytes of the process tree, exit code, last stderr line)."""
+    start = time.perf_counter()
+    proc = psutil.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            rss = proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
+            peak = max(peak, rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - start
+    err = proc.stderr.read().strip().splitlines() if proc.stderr else []
+    return elapsed, peak, proc.returncode, err[-1] if err else ""
+
+
+def llama_cpp_source(given: str | None) -> Path | None:
+    if given:
+        return Path(given)
+    cache = Path(tempfile.gettempdir()) / "r1local-llama-cpp-sdist"
+    found = list(cache.glob("llama_cpp_python-*/vendor/llama.cpp"))
+    if found:
+        return found[0]
+    cache.mkdir(exist_ok=True)
+    r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                        "llama-cpp-python==0.3.36", "-d", str(cache)], capture_output=True)
+    tars = list(cache.glob("llama_cpp_python-*.tar.gz"))
+    if r.returncode or not tars:
+        return None
+    shutil.unpack_archive(str(tars[0]), str(cache))
+    found = list(cache.glob("llama_cpp_python-*/vendor/llama.cpp"))
+    return found[0] if found else None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gb", type=float, default=4.0, help="checkpoint size in GB (default 4)")
+    ap.add_argument("--llama-cpp-src", help="vendor/llama.cpp of the llama-cpp-python 0.3.36 sdist")
+    ap.add_argument("--workdir", default=str(ROOT / "bench" / "results" / "convert-work"))
+    ap.add_argument("--keep", action="store_true", help="keep the synthetic checkpoint")
+    args = ap.parse_args()
+
+    work = Path(args.workdir)
+    src = work / "ckpt"
+    shutil.rmtree(work, ignore_errors=True)
+    src.mkdir(parents=True)
+    rows = []
+    try:
+        t = time.perf_counter()
+        size = make_checkpoint(src, int(args.gb * 1e9))
+        print(f"synthetic checkpoint: {size / 1e9:.2f} GB in {time.perf_counter() - t:.0f} s", flush=True)
+        py = sys.executable
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        runs = [("copy (cp of the same shards)", ["cp", "-r", str(src), str(work / "copy")], env, work / "copy")]
+        for q in ("F16", "Q8_0"):
+            out = work / f"ours-{q}.gguf"
+            runs.append((f"quantize → {q}", [py, "-m", "quantize", str(src), "--quant", q, "-o", str(out),
+                                             "--no-progress"], env, out))
+        lc = llama_cpp_source(args.llama_cpp_src)
+        if lc is not None and (lc / "convert_hf_to_gguf.py").exists():
+            lenv = {**os.environ, "PYTHONPATH": str(lc / "gguf-py")}
+            for q in ("f16", "q8_0"):
+                out = work / f"llamacpp-{q}.gguf"
+                runs.append((f"convert_hf_to_gguf.py → {q.upper()}",
+                             [py, str(lc / "convert_hf_to_gguf.py"), str(src), "--outtype", q,
+                              "--outfile", str(out)], lenv, out))
+        else:
+            print("llama.cpp's convert_hf_to_gguf.py not available: its rows are skipped")
+        for label, cmd, e, out in runs:
+            sec, peak, rc, last = measure(cmd, e)
+            ok = rc == 0
+            rows.append((label, sec, size / 1e6 / sec if ok else None, peak, "ok" if ok else f"failed: {last[:80]}"))
+            print(f"{label}: {sec:.1f} s, {size / 1e6 / sec:.0f} MB/s, peak RSS {peak / 2**20:.0f} MiB, {rows[-1][-1]}",
+                  flush=True)
+            if out.is_dir():
+                shutil.rmtree(out, ignore_errors=True)
+            else:
+                out.unlink(missing_ok=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    copy_rate = rows[0][2]
+    ref = {q: r[2] for r in rows for q in ("F16", "Q8_0") if r[0].startswith("convert_hf") and r[0].endswith(q)}
+    lines = [f"Converter benchmark: {size / 1e9:.2f} GB BF16 checkpoint (R1-Distill-Qwen-7B shapes, "
+             f"~1 GB shards), {os.cpu_count()} cores, page cache warm",
+             "", "| run | seconds | MB/s (source bytes) | × copy | × convert_hf_to_gguf | peak RSS MiB | status |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for label, sec, rate, peak, status in rows:
+        q = "F16" if "F16" in label else ("Q8_0" if "Q8_0" in label else None)
+        vs_copy = f"{rate / copy_rate:.2f}" if rate and copy_rate else "–"
+        vs_ref = f"{rate / ref[q]:.2f}" if rate and q and ref.get(q) else "–"
+        lines.append(f"| {label} | {sec:.1f} | {rate:.0f} | {vs_copy} | {vs_ref} | {peak / 2**20:.0f} | {status} |"
+                     if rate else f"| {label} | {sec:.1f} | – | – | – | {peak / 2**20:.0f} | {status} |")
+    table = "\n".join(lines)
+    print("\n" + table)
+    res = ROOT / "bench" / "results"
+    res.mkdir(parents=True, exist_ok=True)
+    (res / "convert.md").write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
