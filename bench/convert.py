@@ -162,7 +162,7 @@ def main() -> int:
                                              "--no-progress"], env, out))
         lc = llama_cpp_source(args.llama_cpp_src)
         if lc is not None and (lc / "convert_hf_to_gguf.py").exists():
-            lenv = {**os.environ, "PYTHONPATH": str(lc / "gguf-py")}
+            lenv = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(lc / "gguf-py"), os.environ.get("PYTHONPATH")]))}
             for q in ("f16", "q8_0"):
                 out = work / f"llamacpp-{q}.gguf"
                 runs.append((f"convert_hf_to_gguf.py → {q.upper()}",
