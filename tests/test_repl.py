@@ -110,7 +110,7 @@ def test_conversation_settings_stats_multiline_save_load(micro_reasoner, tmp_pat
             child.expect_exact("...")
         assert "2 + 3 = 5" in ask(child, '"""')
         out = ask(child, "/show")
-        assert "R1 micro reasoner" in out and "temperature 0.0" in out
+        assert "micro-reasoner" in out and "temperature 0.0" in out
         save = tmp_path / "chat.json"
         assert "saved 4 messages" in ask(child, f"/save {save}")
         data = json.loads(save.read_text())
