@@ -125,7 +125,8 @@ def test_queue_serves_everyone_then_503_when_full(r1_standin):
         with httpx.stream("POST", srv.url + "/api/generate", timeout=60,
                           json={"model": model, "prompt": "Tell a long story.",
                                 "options": LONG}) as hold:
-            next(hold.iter_lines())  # the model is busy now
+            lines = hold.iter_lines()
+            next(lines)  # the model is busy now (keep the iterator: dropping it closes the stream)
             threads = [threading.Thread(target=ask, args=(i,)) for i in range(2)]
             for t in threads:
                 t.start()
