@@ -56,6 +56,12 @@ def build_parser(verb: str | None) -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str, limit: int = 400) -> str:
+    """Errors can quote names read from corrupt files: keep them to one printable line."""
+    clean = "".join(c if c.isprintable() else " " for c in " ".join(text.split()))
+    return clean if len(clean) <= limit else clean[: limit - 1] + "…"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = _find_verb(argv)
@@ -70,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(_load(args.verb).run(args) or 0)
     except R1LocalError as err:
-        print(f"r1local: error: {err}", file=sys.stderr)
+        print(f"r1local: error: {_one_line(str(err))}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("r1local: interrupted", file=sys.stderr)

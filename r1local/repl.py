@@ -322,7 +322,7 @@ class Repl:
                  f"threads    {e.n_threads}", f"GPU layers {e.n_gpu_layers}"]
         plan = e.plan
         if plan is not None:
-            lines.append(f"plan       {plan.verdict}: {plan.n_gpu_layers}/{plan.n_layers} layers on GPU, "
+            lines.append(f"plan       {plan.verdict}: {plan.layers_on_gpu}/{plan.n_layers} layers on GPU, "
                          f"RAM {fmt_bytes(plan.ram_bytes)}, VRAM {fmt_bytes(plan.vram_bytes)}, "
                          f"~{plan.tok_s_low:.0f}-{plan.tok_s_high:.0f} tok/s")
         s = self.settings
