@@ -370,8 +370,11 @@ def test_progress_callback_gets_ollama_style_events(env, hub, r1_standin):
 def test_ctrl_c_keeps_the_partial_and_says_how_to_resume(env, hub, r1_standin, tmp_path):
     hub.throttle = 2_000_000
     partial_dir = tmp_path / "r1" / "models" / ".partial"
+    # restore_signals does not undo an inherited SIG_IGN (a runner started with `cmd &`):
+    # give the child the default SIGINT a terminal user's shell would
     proc = subprocess.Popen([sys.executable, "-m", "r1local", "pull", TAG + ":Q4_K_M"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import re
 import sys
 from pathlib import Path
@@ -18,12 +19,18 @@ PROMPT = ">>>"
 PROMPT_ON, PROMPT_OFF = "\x1b[?2004h", "\x1b[?2004l"
 
 
+def default_sigint() -> None:
+    # a test runner started in the background (`cmd &`) ignores SIGINT, and children
+    # inherit that: give the REPL the default handler a terminal user's shell would
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def spawn(model: Path, home: Path, *args: str, timeout: int = 30) -> pexpect.spawn:
     env = dict(os.environ, R1LOCAL_HOME=str(home), PROMPT_TOOLKIT_NO_CPR="1", TERM="xterm",
                COLUMNS="120", LINES="40")
     child = pexpect.spawn(sys.executable, ["-m", "r1local", "run", str(model), *args],
                           cwd=str(ROOT), env=env, encoding="utf-8", timeout=timeout,
-                          dimensions=(40, 120))
+                          dimensions=(40, 120), preexec_fn=default_sigint)
     child.expect_exact(PROMPT_ON)
     child.start_text = clean(child.before)
     child.expect(PROMPT)
