@@ -149,6 +149,9 @@ class Engine:
             params.n_threads = n_threads
         if params.n_ctx < 16:
             raise R1LocalError(f"a context of {params.n_ctx} tokens is too small (use >= 512)")
+        # llama.cpp rounds the context up to a multiple of 256 but llama-cpp-python sizes
+        # its token buffer by the number asked for: ask for the rounded size ourselves
+        params.n_ctx = -(-params.n_ctx // CTX_ALIGN) * CTX_ALIGN
         if verbose is None:
             verbose = bool(os.environ.get("R1LOCAL_VERBOSE"))
 
@@ -390,6 +393,9 @@ class Engine:
         finally:
             stats.decode_seconds = (t_last - t_first) if t_first else 0.0
             stats.context_tokens = int(llm.n_tokens)
+
+
+CTX_ALIGN = 256
 
 
 def _params_from(plan: "Plan | None", train_ctx: Any) -> _LoadParams:

@@ -185,3 +185,14 @@ def test_reset_forgets_the_cached_prompt(smol):
     smol.reset()
     list(smol.complete("One two three four five", s))
     assert smol.last_stats.prompt_eval_tokens == smol.last_stats.prompt_tokens > 1
+
+
+def test_small_context_is_rounded_up_like_llama_cpp(r1_standin):
+    # llama.cpp rounds 64 up to 256; a prompt longer than 64 tokens must then just work
+    engine = Engine.load(r1_standin, n_ctx=64)
+    try:
+        assert engine.n_ctx == 256
+        out = list(engine.complete("word " * 100, GenerationSettings(max_tokens=4, seed=1)))
+        assert out and engine.last_stats.prompt_tokens > 64
+    finally:
+        engine.close()
