@@ -77,6 +77,8 @@ async def chat_completions(request: Request) -> Any:
             "usage": _usage(out)})
 
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    usage_head = {"id": cid, "object": "chat.completion.chunk", "created": created,
+                  "model": name, "choices": []}
 
     def chunk(delta: dict, finish: str | None = None) -> dict:
         body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
@@ -94,18 +96,25 @@ async def chat_completions(request: Request) -> Any:
             else:
                 yield _sse(chunk({"content": c.text, "reasoning_content": None}
                                  if reasoning else {"content": c.text}))
-        out = await gen.outcome()
-        if out.error is not None:
-            yield _sse(openai_body(out.error))
-        else:
-            yield _sse(chunk({}, finish_reason(out.stats)))
-            if include_usage:
-                yield _sse({"id": cid, "object": "chat.completion.chunk", "created": created,
-                            "model": name, "choices": [], "usage": _usage(out)})
-        yield b"data: [DONE]\n\n"
+        async for event in _stream_end(gen, lambda out: chunk({}, finish_reason(out.stats)),
+                                       usage_head if include_usage else None):
+            yield event
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache"})
+
+
+async def _stream_end(gen: Any, final: Any, usage_head: dict | None) -> AsyncIterator[bytes]:
+    """The end of an SSE stream: the error, or the finish chunk (and usage when asked),
+    then [DONE]. Shared by chat and plain completions."""
+    out = await gen.outcome()
+    if out.error is not None:
+        yield _sse(openai_body(out.error))
+    else:
+        yield _sse(final(out))
+        if usage_head is not None:
+            yield _sse({**usage_head, "usage": _usage(out)})
+    yield b"data: [DONE]\n\n"
 
 
 @router.post("/v1/completions")
@@ -138,19 +147,15 @@ async def completions(request: Request) -> Any:
         return JSONResponse({**body(out.answer, finish_reason(out.stats)), "usage": _usage(out)})
 
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    usage_head = {"id": cid, "object": "text_completion", "created": created,
+                  "model": name, "choices": []}
 
     async def events() -> AsyncIterator[bytes]:
         async for c in gen.chunks():
             yield _sse(body(c.text, None))
-        out = await gen.outcome()
-        if out.error is not None:
-            yield _sse(openai_body(out.error))
-        else:
-            yield _sse(body("", finish_reason(out.stats)))
-            if include_usage:
-                yield _sse({"id": cid, "object": "text_completion", "created": created,
-                            "model": name, "choices": [], "usage": _usage(out)})
-        yield b"data: [DONE]\n\n"
+        async for event in _stream_end(gen, lambda out: body("", finish_reason(out.stats)),
+                                       usage_head if include_usage else None):
+            yield event
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache"})
