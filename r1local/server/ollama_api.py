@@ -93,11 +93,7 @@ async def _respond(request: Request, name: str, gen: streaming.Generation, start
     """Stream NDJSON lines, or gather one JSON object. `piece(thinking, answer)` builds the
     per-chunk body (`response`/`thinking` or `message`)."""
     if not stream:
-        chunks = [c async for c in gen.chunks()]
-        del chunks
-        out = await gen.outcome()
-        if out.error is not None:
-            raise out.error
+        out = await gen.collect()
         body = {"model": name, "created_at": describe.now_iso(), **piece(out.thinking, out.answer),
                 **_final_fields(gen, out, started)}
         return JSONResponse(body)

@@ -62,11 +62,7 @@ async def chat_completions(request: Request) -> Any:
     reasoning = gen.lease.engine.is_reasoning
 
     if not req.stream:
-        async for _ in gen.chunks():
-            pass
-        out = await gen.outcome()
-        if out.error is not None:
-            raise out.error
+        out = await gen.collect()
         message: dict[str, Any] = {"role": "assistant", "content": out.answer}
         if reasoning:
             message["reasoning_content"] = out.thinking
@@ -139,11 +135,7 @@ async def completions(request: Request) -> Any:
                              "finish_reason": finish}]}
 
     if not req.stream:
-        async for _ in gen.chunks():
-            pass
-        out = await gen.outcome()
-        if out.error is not None:
-            raise out.error
+        out = await gen.collect()
         return JSONResponse({**body(out.answer, finish_reason(out.stats)), "usage": _usage(out)})
 
     include_usage = bool(req.stream_options and req.stream_options.include_usage)

@@ -92,6 +92,15 @@ class Generation:
         return Outcome(self._stats, "".join(self._thinking),
                        "".join(self._answer), self._error)
 
+    async def collect(self) -> Outcome:
+        """For a non-streaming reply: consume every chunk, then the outcome; its error raised."""
+        async for _ in self.chunks():
+            pass
+        out = await self.outcome()
+        if out.error is not None:
+            raise out.error
+        return out
+
 
 async def watch_disconnect(request: "Request", cancel: threading.Event) -> None:
     """Set ``cancel`` when the client goes away (the body was already read)."""
