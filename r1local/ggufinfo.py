@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from r1local.errors import ModelFileError
 
@@ -235,7 +235,6 @@ def parse_header(
     metadata arrays unread (as ArraySummary), which keeps reading a 152k-token vocabulary
     cheap when only sizes are wanted.
     """
-    view = buf
     cur = _Cursor(bytes(buf))
     name = Path(path).name
     try:
@@ -247,7 +246,7 @@ def parse_header(
             raise ModelFileError(f"{name} is GGUF version {version}; only 2 and 3 are supported")
         n_tensors, n_kv = cur.u64(), cur.u64()
         # every tensor info and key/value pair takes at least 8+4+8 bytes
-        if (n_tensors + n_kv) * 20 > len(view):
+        if (n_tensors + n_kv) * 20 > len(cur.buf):
             if file_size is None or (n_tensors + n_kv) * 20 > file_size:
                 raise ModelFileError(f"{name} claims {n_tensors} tensors and {n_kv} metadata "
                                      "entries, more than the file can hold")
@@ -257,7 +256,9 @@ def parse_header(
         for _ in range(n_kv):
             key = cur.string()
             vtype = cur.u32()
-            etype = _U32(cur.buf, cur.pos)[0] if vtype == _ARRAY and cur.pos + 4 <= len(cur.buf) else None
+            # an array's element type is its first u32: peek at it so a copy can keep it
+            peek = vtype == _ARRAY and cur.pos + 4 <= len(cur.buf)
+            etype = _U32(cur.buf, cur.pos)[0] if peek else None
             metadata[key] = cur.value(vtype, max_array)
             value_types[key] = (vtype, etype)
         tensors: list[TensorInfo] = []
@@ -272,7 +273,7 @@ def parse_header(
             tensors.append(TensorInfo(tname, shape, ttype, offset,
                                       _tensor_nbytes(tname, shape, ttype)))
     except _Truncated:
-        if file_size is not None and len(view) >= file_size:
+        if file_size is not None and len(cur.buf) >= file_size:
             raise ModelFileError(f"{name} is truncated: its header runs past the end of "
                                  "the file (re-download it)") from None
         raise _NeedMore from None
@@ -355,7 +356,3 @@ def check_runnable(h: GGUFHeader) -> None:
     tokens = h.get("tokenizer.ggml.tokens")
     if tokens is None:
         raise ModelFileError(f"{name} has no tokenizer")
-
-
-def iter_metadata(h: GGUFHeader, prefix: str) -> Iterable[tuple[str, Any]]:
-    return ((k, v) for k, v in h.metadata.items() if k.startswith(prefix))
