@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,20 @@ def test_duplicate_names_across_variants_are_refused():
 def test_missing_catalog_file_names_the_fix(tmp_path, monkeypatch):
     with pytest.raises(CatalogError, match=r"R1LOCAL_CATALOG"):
         load_catalog(tmp_path / "nope.toml")
+
+
+def test_shipped_split_parts_are_numbered_and_exact_sizes_are_not_rounded():
+    for v in load_catalog():
+        for name, q in v.quants.items():
+            where = f"{v.tag}:{name}"
+            n = len(q.files)
+            for i, f in enumerate(q.files, 1):
+                marked = re.search(r"-(\d{5})-of-(\d{5})\.gguf$", f)
+                if n == 1:
+                    assert marked is None, f"{where}: one file named as a part: {f}"
+                else:
+                    assert marked and marked.groups() == (f"{i:05d}", f"{n:05d}"), \
+                        f"{where}: part {i} of {n} is named {f}"
+            assert all(re.fullmatch(r"[0-9a-f]{64}", h) for h in q.sha256), where
+            if q.verified:  # exact byte counts: a round million means a listing figure
+                assert all(s % 1_000_000 for s in q.sizes), f"{where}: sizes look rounded"
