@@ -13,9 +13,9 @@ interrupted download restarts from zero. Here each file goes to
 next pull asks for ``Range: bytes=<partial size>-``. Bytes always come over plain HTTP from
 the resolve redirect, never through Xet.
 
-A file is registered only after its sha256 equals the hub's LFS hash (and the catalog's,
-where it lists one) and its GGUF header reads back valid; otherwise it is deleted and the
-error says so.
+A file is registered only after its sha256 equals the hub's LFS hash and its GGUF header
+reads back valid; otherwise it is deleted and the error says so. Where the catalog pins a
+different hash the publisher has re-uploaded: the pull says so and follows the hub.
 """
 
 from __future__ import annotations
@@ -249,17 +249,19 @@ def _offline() -> bool:
 
 
 def _remote(repo: str, filename: str, revision: str, dest: Path, partial_root: Path,
-            catalog_sha: str | None = None) -> _Remote:
+            catalog_sha: str | None = None, notes: list[str] | None = None) -> _Remote:
     url, meta = _head(repo, filename, revision)
     etag = meta.etag.lower()
     lfs_sha = etag if SHA256.match(etag) else None
-    if catalog_sha and lfs_sha and catalog_sha.lower() != lfs_sha:
-        raise ModelFileError(
-            f"{repo}/{filename} on the hub (sha256 {lfs_sha[:12]}…) is not the file the "
-            f"catalog lists ({catalog_sha[:12]}…)", hint="update r1local, or pick another quant")
+    if catalog_sha and lfs_sha and catalog_sha.lower() != lfs_sha and notes is not None:
+        # Publishers re-upload (a fixed chat template, say). The hub's own LFS hash is what the
+        # bytes are checked against either way; refusing would strand every user until a
+        # catalog release, so say it and go on.
+        notes.append(f"{filename} on the hub (sha256 {lfs_sha[:12]}…) is newer than the one "
+                     f"the catalog lists ({catalog_sha[:12]}…); verifying against the hub's hash")
     return _Remote(repo=repo, filename=filename, url=meta.location or url, size=int(meta.size),
                    etag=etag, commit=meta.commit_hash, dest=dest,
-                   expected_sha=(catalog_sha or lfs_sha), partial_root=partial_root)
+                   expected_sha=(lfs_sha or catalog_sha), partial_root=partial_root)
 
 
 # ---- disk ---------------------------------------------------------------------------------
@@ -498,7 +500,7 @@ def _pull_gguf(variant, q: str, name: str, store: Store, prog: _Progress, notes:
     for i, filename in enumerate(qf.files):
         sha = qf.sha256[i] if qf.sha256 else None
         r = _remote(variant.gguf_repo, filename, revision, folder / Path(filename).name,
-                    _partial_root(store, name), sha)
+                    _partial_root(store, name), sha, notes)
         revision = r.commit or revision  # every part of a split model from the same commit
         remotes.append(r)
     for n in notes:  # after the hub answered: a bad tag or no network fails before any note

@@ -24,8 +24,8 @@ TAG = "7b"
 VARIANT = load_catalog().resolve(TAG).variant
 REPO = VARIANT.gguf_repo
 Q4_FILE = VARIANT.quants["Q4_K_M"].files[0]
-SPLIT = load_catalog().resolve("70b:Q5_K_M")
-SPLIT_FILES = SPLIT.variant.quants["Q5_K_M"].files
+SPLIT = load_catalog().resolve("70b:Q6_K")
+SPLIT_FILES = SPLIT.variant.quants["Q6_K"].files
 
 
 def sha256(path: Path) -> str:
@@ -88,6 +88,29 @@ def test_full_pull_registers_verified_file_and_second_pull_fetches_nothing(env, 
     assert again.returncode == 0, again.stderr
     assert "up to date" in again.stderr
     assert hub.body_gets() == []  # only the metadata HEAD
+
+
+def test_a_reupload_on_the_hub_is_noted_and_verified_against_the_hubs_hash(env, hub, r1_standin,
+                                                                             tmp_path):
+    """The catalog pins one hash, the hub now serves another file: the pull follows the hub
+    (whose LFS hash the bytes are checked against) and says so, rather than stranding users."""
+    import re
+
+    from r1local.catalog import catalog_path
+
+    text = catalog_path().read_text()
+    section = re.search(r'\[variant\."7b"\.quant\."Q4_K_M"\]\n(?:[^\[].*\n)*', text).group(0)
+    pinned = "0" * 64
+    if "sha256" in section:
+        changed = re.sub(r'sha256 = \["[0-9a-f]{64}"\]', f'sha256 = ["{pinned}"]', section)
+    else:
+        changed = section + f'sha256 = ["{pinned}"]\n'
+    catalog = tmp_path / "models.toml"
+    catalog.write_text(text.replace(section, changed))
+    p = r1local(dict(env, R1LOCAL_CATALOG=str(catalog)), "pull", "7b:Q4_K_M")
+    assert p.returncode == 0, p.stderr
+    assert "newer than the one the catalog lists (000000000000" in p.stderr
+    assert manifest(env)["7b:Q4_K_M"]["sha256"] == [sha256(r1_standin)]
 
 
 def test_no_quant_asks_the_planner_and_says_why(env, hub):
@@ -216,10 +239,10 @@ def test_split_model_is_fetched_as_one_model(env, loopback_hub, r1_standin, tmp_
     assert len(parts) == len(SPLIT_FILES) == 2
     for name, part in zip(SPLIT_FILES, parts):
         loopback_hub.add_file(SPLIT.variant.gguf_repo, name, part)
-    p = r1local(env, "pull", "70b:Q5_K_M")
+    p = r1local(env, "pull", "70b:Q6_K")
     assert p.returncode == 0, p.stderr
     assert "split in 2 parts" in p.stderr
-    entry = manifest(env)["70b:Q5_K_M"]
+    entry = manifest(env)["70b:Q6_K"]
     files = [tmp_path / "r1" / "models" / f for f in entry["files"]]
     assert [f.name for f in files] == [Path(n).name for n in SPLIT_FILES]
     assert entry["sha256"] == [sha256(p) for p in parts]
