@@ -272,12 +272,15 @@ class Engine:
 
         return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
 
-    def _reuse_prefix(self, tokens: list[int]) -> int:
-        """Keep the cached KV of the longest common prefix (the previous turns)."""
+    def _reuse_prefix(self, tokens: list[int], *, reuse: bool = True) -> int:
+        """Keep the cached KV of the longest common prefix (the previous turns). With
+        ``reuse`` False the whole prompt is evaluated again: llama.cpp's numbers differ
+        slightly between one batch and a cached prefix plus a shorter batch, so a seeded
+        request is only reproducible when its prompt is always evaluated the same way."""
         llm = self._llm
         cached = llm.input_ids[: llm.n_tokens]
         n = 0
-        limit = min(len(cached), len(tokens) - 1)  # at least one token must be evaluated
+        limit = min(len(cached), len(tokens) - 1) if reuse else 0  # evaluate >= 1 token
         while n < limit and cached[n] == tokens[n]:
             n += 1
         if n > 0 and llm._ctx.kv_cache_seq_rm(-1, n, -1):
@@ -331,7 +334,7 @@ class Engine:
 
         t_first = t_last = 0.0
         try:
-            reused = self._reuse_prefix(tokens)
+            reused = self._reuse_prefix(tokens, reuse=s.seed is None)
             rest = tokens[reused:]
             stats.prompt_eval_tokens = len(rest)
             t0 = time.perf_counter()
