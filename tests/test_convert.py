@@ -97,8 +97,9 @@ def test_f16_and_q8_0_agree_on_top1_where_the_model_decides(case):
         assert (got.argmax(-1) == f32.argmax(-1))[decided].all(), f"{arch} {quant}"
 
 
-def test_f16_and_q8_0_agree_on_top1_at_every_position_of_a_trained_model(micro_reasoner):
-    """The micro reasoner (a Qwen2 trained on R1-format answers, real R1 tokenizer)."""
+def test_f16_and_q8_0_agree_on_top1_of_a_trained_model(micro_reasoner):
+    """The micro reasoner (a Qwen2 trained on R1-format answers, real R1 tokenizer): F16 at
+    every position, Q8_0 wherever the model is not at a near-tie."""
     import micro_reasoner as mr
 
     src = model_fixtures.cache_dir() / f"micro-reasoner-v{mr.VERSION}" / "hf"
@@ -108,9 +109,18 @@ def test_f16_and_q8_0_agree_on_top1_at_every_position_of_a_trained_model(micro_r
     vocab = llama_cpp.Llama(str(micro_reasoner), vocab_only=True, verbose=False)
     ids = vocab.tokenize(text.encode(), add_bos=False, special=True)
     vocab.close()
-    tops = {q: _llama_logits(_convert(src, q, "micro"), ids).argmax(-1) for q in ("F32", "F16", "Q8_0")}
+    logits = {q: _llama_logits(_convert(src, q, "micro"), ids) for q in ("F32", "F16", "Q8_0")}
+    tops = {q: v.argmax(-1) for q, v in logits.items()}
     assert (tops["F16"] == tops["F32"]).all()
-    assert (tops["Q8_0"] == tops["F32"]).all()
+    # Q8_0's error here is ~0.13 while a trained model still has a near-tie or two (a top-2
+    # gap of 0.04 at one position of this text): every position where F32 leads by more
+    # than twice Q8_0's error there must agree, and those must be nearly all of them
+    f32 = logits["F32"]
+    top2 = np.sort(f32, -1)[:, -2:]
+    err = np.abs(logits["Q8_0"] - f32).max(-1)
+    decided = (top2[:, 1] - top2[:, 0]) > 2 * err
+    assert decided.mean() >= 0.8, f"Q8_0 error {err.max()} decides only {decided.sum()}/{len(ids)}"
+    assert (tops["Q8_0"] == tops["F32"])[decided].all()
 
 
 def test_llama3_rope_scaling_is_carried(case):
