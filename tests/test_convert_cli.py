@@ -231,3 +231,17 @@ def test_convert_offline_with_nothing_cached_names_hf_hub_offline(loopback_hub, 
                     "-o", str(out_dir / "m.gguf"))
     _assert_one_line_error(proc, out_dir, "HF_HUB_OFFLINE", HUB_REPO)
     assert loopback_hub.requests() == []
+
+
+def test_convert_a_gated_repo_says_hf_token_and_the_token_opens_it(loopback_hub, hub_env, tmp_path):
+    for f in hfc.qwen2_checkpoint().iterdir():
+        loopback_hub.add_file(HUB_REPO, f.name, f)
+    loopback_hub.gated.add(HUB_REPO)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = _cli_env(hub_env, HUB_REPO, "--quant", "F16", "-o", str(out_dir / "m.gguf"))
+    _assert_one_line_error(proc, out_dir, HUB_REPO, "gated", "HF_TOKEN")
+    proc = _cli_env({**hub_env, "HF_TOKEN": loopback_hub.token}, HUB_REPO, "--quant", "F16",
+                    "-o", str(out_dir / "m.gguf"))
+    assert proc.returncode == 0, proc.stderr
+    assert (out_dir / "m.gguf").read_bytes()[:4] == b"GGUF"
