@@ -29,7 +29,9 @@ from quantize.writer import STRING, UINT32, KV, GGUFStreamWriter, TensorSlot, en
 
 BLOCK_BYTES = 16 << 20  # float32 bytes per row block: bounds memory whatever the tensor size
 DISK_MARGIN = 64 << 20
-HUB_FILES = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
+# what a conversion reads of a hub repo besides the weights (picked from the index: see
+# _resolve_source)
+HUB_FILES = ["config.json", "generation_config.json", "model.safetensors.index.json",
              "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -169,7 +171,12 @@ def _metadata(arch, vocab, config: dict, source: str, revision: str | None, file
 
 
 def _resolve_source(src: str | Path, revision: str | None) -> tuple[Path, str, str | None]:
-    """(local folder, how the source is named in the provenance, revision)."""
+    """(local folder, how the source is named in the provenance, revision).
+
+    A hub repo id is fetched into the Hugging Face cache, but only what a conversion reads:
+    config, tokenizer, the index and the shards the index names (without an index, the
+    top-level safetensors). Repos often also hold .bin/.pth copies of the same weights or
+    safetensors of other formats, which would only cost bandwidth and disk."""
     path = Path(src).expanduser()
     if path.is_dir():
         return path, str(src), revision
@@ -178,18 +185,70 @@ def _resolve_source(src: str | Path, revision: str | None) -> tuple[Path, str, s
     if not _REPO_ID.match(str(src)):
         raise ConvertError(f"{src} is not a folder, nor a hub repo id like deepseek-ai/NAME")
     try:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+        from huggingface_hub import constants, snapshot_download
+        from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                            RepositoryNotFoundError, RevisionNotFoundError)
+        from huggingface_hub.utils import (are_progress_bars_disabled, disable_progress_bars,
+                                           enable_progress_bars)
     except ImportError:
         raise ConvertError("downloading from the hub needs huggingface-hub: pip install huggingface-hub") from None
+    import glob
+    import json
+    import sys
+
+    repo = str(src)
+
+    def fetch(rev: str | None, allow: list[str], ignore: list[str] | None = None) -> Path:
+        return Path(snapshot_download(repo, revision=rev, allow_patterns=allow,
+                                      ignore_patterns=ignore))
+
+    # huggingface-hub's bars are many lines of noise in a log or a pipe
+    quiet = not sys.stderr.isatty() and not are_progress_bars_disabled()
+    if quiet:
+        disable_progress_bars()
     try:
-        local = Path(snapshot_download(str(src), revision=revision, allow_patterns=HUB_FILES))
+        local = fetch(revision, HUB_FILES)
+        # the second fetch names the commit the first one got, so both see the same files
+        commit = local.name if re.fullmatch(r"[0-9a-f]{40}", local.name) else revision
+        index = local / "model.safetensors.index.json"
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+                patterns = [glob.escape(str(s)) for s in shards]  # names, not patterns
+            except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+                raise ConvertError(f"{repo}'s model.safetensors.index.json is malformed: it does not say "
+                                   "which files hold the weights") from None
+            local = fetch(commit, patterns)
+        else:
+            # fnmatch's * also matches '/': keep to the top level
+            local = fetch(commit, ["*.safetensors"], ["*/*"])
+    except ConvertError:
+        raise
+    except GatedRepoError:
+        raise ConvertError(f"{repo} is gated: accept its terms on the model page, then set "
+                           "HF_TOKEN=hf_... (a token with access to it)") from None
+    except RepositoryNotFoundError:
+        raise ConvertError(f"{repo} is not a folder here, and {constants.ENDPOINT} has no repo of that "
+                           "name (if it is private, set HF_TOKEN=hf_... with access to it)") from None
+    except RevisionNotFoundError:
+        raise ConvertError(f"{repo} has no revision {revision!r} on {constants.ENDPOINT}") from None
     except LocalEntryNotFoundError:
-        raise ConvertError(f"cannot reach the Hugging Face hub to download {src}: check the network, "
-                           "or download it and convert the folder") from None
+        if constants.HF_HUB_OFFLINE:
+            raise ConvertError(f"HF_HUB_OFFLINE is set and {repo} is not in the Hugging Face cache: "
+                               "unset HF_HUB_OFFLINE to download it") from None
+        raise ConvertError(f"cannot reach {constants.ENDPOINT} to download {repo}: check the network "
+                           "(or HF_ENDPOINT), or download it and convert the folder") from None
     except HfHubHTTPError as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConvertError(f"the hub refused {src}: {first}") from None
-    except OSError as err:
-        raise ConvertError(f"downloading {src} failed: {err}") from None
-    return local, str(src), local.name if re.fullmatch(r"[0-9a-f]{40}", local.name) else revision
+        status = getattr(getattr(err, "response", None), "status_code", None) or "an error"
+        raise ConvertError(f"{constants.ENDPOINT} answered HTTP {status} for {repo}: try again later, "
+                           "or download it and convert the folder") from None
+    except Exception as err:  # noqa: BLE001 - the transport's own errors (reset, timeout) mid-file
+        if not isinstance(err, OSError) and not type(err).__module__.startswith(("httpx", "huggingface_hub")):
+            raise
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise ConvertError(f"downloading {repo} failed ({type(err).__name__}{': ' + first if first else ''}): "
+                           "check the network and run the same command again") from None
+    finally:
+        if quiet:
+            enable_progress_bars()
+    return local, repo, commit

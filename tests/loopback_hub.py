@@ -8,6 +8,8 @@ uses for a download, with real HTTP (huggingface-hub reaches it through ``HF_END
   ``X-Linked-Size`` and ``X-Repo-Commit``; small files are served directly with their git
   blob sha1 as ETag. ``/cdn/...`` serves the bytes, honouring ``Range`` (206).
 - ``GET /api/models/<repo>`` and ``.../revision/<rev>``: model info with ``siblings``.
+- ``GET /api/models/<repo>/tree/<rev>[/<folder>][?recursive=true]``: the file listing
+  ``snapshot_download`` asks for (files with size, blob id and LFS sha256; folders).
 - A missing repo answers 401 ``RepoNotFound``, a missing file 404 ``EntryNotFound``, an
   unknown revision 404 ``RevisionNotFound``, a "gated" repo 401 ``GatedRepo`` unless the
   request carries ``Authorization: Bearer <token>``.
@@ -30,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 LFS_SUFFIXES = (".gguf", ".safetensors", ".bin")
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -217,6 +219,11 @@ class _Handler(BaseHTTPRequestHandler):
             m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path)
             if m:
                 return self._model_info(m.group(1), m.group(2) or "main")
+            m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path)
+            if m:
+                query = parse_qs(urlsplit(self.path).query)
+                return self._tree(m.group(1), m.group(2), (m.group(3) or "").strip("/"),
+                                  query.get("recursive", ["false"])[0].lower() == "true")
             m = re.fullmatch(r"/(?:models/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
             if m:
                 return self._resolve(m.group(1), m.group(2), m.group(3))
@@ -244,6 +251,28 @@ class _Handler(BaseHTTPRequestHandler):
                 "disabled": False, "tags": ["gguf"], "siblings": siblings,
                 "lastModified": "2025-01-20T00:00:00.000Z"}
         self._reply(200, {"Content-Type": "application/json"}, json.dumps(info).encode())
+
+    def _tree(self, repo: str, rev: str, folder: str, recursive: bool) -> None:
+        if not self._check_repo(repo, rev):
+            return
+        repo_root = self.hub.root / repo
+        base = repo_root / folder
+        if ".." in folder.split("/") or not base.is_dir():
+            self._error(404, "EntryNotFound", f"{folder} does not exist on \"{rev}\"")
+            return
+        entries = []
+        for p in sorted(base.rglob("*") if recursive else base.iterdir()):
+            rel = p.relative_to(repo_root).as_posix()
+            if p.is_dir():
+                entries.append({"type": "directory", "oid": hashlib.sha1(rel.encode()).hexdigest(),
+                                "size": 0, "path": rel})
+                continue
+            size = self.hub.fake_size.get(f"{repo}/{rel}", p.stat().st_size)
+            entry: dict = {"type": "file", "oid": self.hub.git_sha1(p), "size": size, "path": rel}
+            if rel.endswith(LFS_SUFFIXES):
+                entry["lfs"] = {"oid": self.hub.sha256(p), "size": size, "pointerSize": 134}
+            entries.append(entry)
+        self._reply(200, {"Content-Type": "application/json"}, json.dumps(entries).encode())
 
     def _resolve(self, repo: str, rev: str, name: str) -> None:
         if not self._check_repo(repo, rev):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -145,3 +146,102 @@ def test_failure_while_streaming_leaves_no_partial(tmp_path):
     out_dir.mkdir()
     proc = _cli(str(src), "--quant", "Q4_K_M", "-o", str(out_dir / "m.gguf"))
     _assert_one_line_error(proc, out_dir, "weight_scale_inv")
+
+
+# ---- a hub repo id as the source (the loopback hub, real huggingface-hub) -------------------
+
+HUB_REPO = "tiny-org/tiny-qwen2"
+
+
+@pytest.fixture()
+def hub_env(tmp_path, loopback_hub) -> dict:
+    """Environment for a conversion that downloads from the loopback hub into a fresh cache."""
+    return {"HF_ENDPOINT": loopback_hub.url, "HF_HOME": str(tmp_path / "hf"),
+            "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+
+def _cli_env(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "r1local", "convert", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+
+
+def test_convert_a_hub_repo_fetches_only_what_it_needs(loopback_hub, hub_env, tmp_path):
+    import llama_cpp
+
+    ckpt = hfc.qwen2_checkpoint(shard_bytes=400_000)
+    index = json.loads((ckpt / "model.safetensors.index.json").read_text())
+    shards = set(index["weight_map"].values())
+    assert len(shards) > 1
+    for f in ckpt.iterdir():
+        loopback_hub.add_file(HUB_REPO, f.name, f)
+    # what real repos carry beside the weights a conversion reads: never downloaded
+    decoys = {"pytorch_model.bin": b"b" * 5000, "consolidated.pth": b"p" * 5000,
+              "original/consolidated.00.pth": b"o" * 5000, "README.md": b"# card",
+              "figures/plot.safetensors": b"f" * 1000, "stale-model.safetensors": b"s" * 1000}
+    for name, data in decoys.items():
+        loopback_hub.add_file(HUB_REPO, name, data)
+
+    out = tmp_path / "out" / "tiny.gguf"
+    proc = _cli_env(hub_env, HUB_REPO, "--quant", "F16", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(out)
+    assert "Fetching" not in proc.stderr  # huggingface-hub's bars stay off outside a terminal
+
+    # file bodies: /cdn/ORG/REPO/PATH (LFS) or /ORG/REPO/resolve/REV/PATH (small files)
+    fetched = {re.sub(r"^/(cdn/)?[^/]+/[^/]+/(resolve/[^/]+/)?", "", g.path)
+               for g in loopback_hub.body_gets()}
+    assert shards <= fetched and {"config.json", "tokenizer.json"} <= fetched
+    assert not fetched & set(decoys), fetched
+
+    llm = llama_cpp.Llama(str(out), n_ctx=64, verbose=False)
+    try:
+        assert llm.n_vocab() == 512
+        assert llm.metadata["general.file_type"] == str(llama_cpp.LLAMA_FTYPE_MOSTLY_F16)
+        assert llm.metadata["general.source.huggingface.repository"] == HUB_REPO
+        assert llm.metadata["quantize.source_revision"] == loopback_hub.commit
+        assert llm.tokenize(b"hello", add_bos=False)  # the tokenizer came along
+    finally:
+        llm.close()
+
+    # the checkpoint is in the Hugging Face cache now: offline, it converts without the hub
+    loopback_hub.log.clear()
+    again = tmp_path / "out" / "again.gguf"
+    proc = _cli_env({**hub_env, "HF_HUB_OFFLINE": "1"}, HUB_REPO, "--quant", "F16", "-o", str(again))
+    assert proc.returncode == 0, proc.stderr
+    assert again.read_bytes() == out.read_bytes()
+    assert loopback_hub.requests() == []
+
+
+def test_convert_a_repo_the_hub_does_not_have(loopback_hub, hub_env, tmp_path):
+    loopback_hub.add_file(HUB_REPO, "config.json", b"{}")  # the hub has other repos
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = _cli_env(hub_env, "tiny-org/no-such-model", "--quant", "F16", "-o", str(out_dir / "m.gguf"))
+    _assert_one_line_error(proc, out_dir, "tiny-org/no-such-model", "no repo of that name", "HF_TOKEN")
+    assert loopback_hub.body_gets() == []
+
+
+def test_convert_offline_with_nothing_cached_names_hf_hub_offline(loopback_hub, hub_env, tmp_path):
+    for f in hfc.qwen2_checkpoint().iterdir():
+        loopback_hub.add_file(HUB_REPO, f.name, f)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = _cli_env({**hub_env, "HF_HUB_OFFLINE": "1"}, HUB_REPO, "--quant", "F16",
+                    "-o", str(out_dir / "m.gguf"))
+    _assert_one_line_error(proc, out_dir, "HF_HUB_OFFLINE", HUB_REPO)
+    assert loopback_hub.requests() == []
+
+
+def test_convert_a_gated_repo_says_hf_token_and_the_token_opens_it(loopback_hub, hub_env, tmp_path):
+    for f in hfc.qwen2_checkpoint().iterdir():
+        loopback_hub.add_file(HUB_REPO, f.name, f)
+    loopback_hub.gated.add(HUB_REPO)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = _cli_env(hub_env, HUB_REPO, "--quant", "F16", "-o", str(out_dir / "m.gguf"))
+    _assert_one_line_error(proc, out_dir, HUB_REPO, "gated", "HF_TOKEN")
+    proc = _cli_env({**hub_env, "HF_TOKEN": loopback_hub.token}, HUB_REPO, "--quant", "F16",
+                    "-o", str(out_dir / "m.gguf"))
+    assert proc.returncode == 0, proc.stderr
+    assert (out_dir / "m.gguf").read_bytes()[:4] == b"GGUF"

@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def r1local(*args: str, stdin: str | None = None, home: Path | None = None,
-            timeout: int = 60) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
+            timeout: int = 60, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env or {})}
     if home is not None:
         env["R1LOCAL_HOME"] = str(home)
     return subprocess.run([sys.executable, "-m", "r1local", *args], cwd=ROOT, env=env,
@@ -95,3 +95,189 @@ def test_bad_numbers_and_empty_stdin(micro_reasoner):
     assert "--ctx must be a positive" in one_line_error(
         r1local("run", str(micro_reasoner), "hi", "--ctx", "0"))
     assert "nothing to answer" in one_line_error(r1local("run", str(micro_reasoner), stdin=""))
+
+
+# ---- the plan says no: refused, unless --force -----------------------------------------------
+
+def test_a_model_that_does_not_fit_is_refused_and_force_loads_it(micro_reasoner, tmp_path):
+    # --ram plans for a machine with that much RAM: 64 MiB leaves nothing once the OS's
+    # share is set aside, so the ~100 MiB this model needs cannot fit
+    args = ("run", str(micro_reasoner), "What is 3+4?", "--temperature", "0", "--ram", "64M")
+    line = one_line_error(r1local(*args, home=tmp_path))
+    assert "does not fit this machine with --ram 64M" in line
+    assert "more than the 0 MiB RAM it may use" in line and "add --force" in line
+
+    forced = r1local(*args, "--force", home=tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    assert forced.stdout == "3 + 4 = **7**.\n"
+    assert "loading it anyway (--force)" in forced.stderr
+
+    # planned for a machine it fits on, the same model runs without a word about fitting
+    roomy = r1local("run", str(micro_reasoner), "What is 3+4?", "--temperature", "0",
+                    "--ram", "4G", home=tmp_path)
+    assert roomy.returncode == 0, roomy.stderr
+    assert roomy.stdout == "3 + 4 = **7**.\n" and "fit" not in roomy.stderr
+
+
+def test_bad_ram_size(micro_reasoner):
+    assert "cannot read size '4Q'" in one_line_error(
+        r1local("run", str(micro_reasoner), "hi", "--ram", "4Q"))
+
+
+# ---- no model named: the planner's recommendation --------------------------------------------
+
+RAM = "4G"  # keeps the recommendation to a small variant on any machine
+
+
+def expected_recommendation() -> str:
+    """What the planner recommends here with RAM capped at RAM, as `run --ram` plans."""
+    from dataclasses import replace
+
+    from r1local.catalog import load_catalog
+    from r1local.hardware import parse_size, probe
+    from r1local.planner import recommend
+
+    m = probe()
+    cap = parse_size(RAM)
+    m = replace(m, ram_total=min(m.ram_total, cap), ram_available=min(m.ram_available, cap))
+    plan = recommend(load_catalog(), m)
+    assert plan.fits
+    return f"{plan.model}:{plan.quant}"
+
+
+@pytest.fixture
+def standin_hub(tmp_path, loopback_hub, r1_standin):
+    """A hub serving the R1 stand-in under every catalog variant's (one-file) quants, so a
+    pull of whatever is recommended would succeed: a silent download would go unnoticed
+    but for the hub's log. Returns (hub, env for r1local)."""
+    from loopback_hub import layout_variant
+
+    from r1local.catalog import load_catalog
+
+    for variant in load_catalog():
+        layout_variant(loopback_hub, variant, r1_standin)
+    env = {"HF_ENDPOINT": loopback_hub.url, "HF_HOME": str(tmp_path / "hf"),
+           "R1LOCAL_HOME": str(tmp_path / "r1"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    return loopback_hub, env
+
+
+def stored_names(env: dict) -> list[str]:
+    manifest = Path(env["R1LOCAL_HOME"]) / "models" / "manifest.json"
+    return sorted(json.loads(manifest.read_text())["models"]) if manifest.exists() else []
+
+
+def test_no_model_given_a_script_is_told_what_to_pull_then_it_uses_it(standin_hub):
+    hub, env = standin_hub
+    ref = expected_recommendation()
+    # a prompt in place of the tag, and piped stdin: nobody to ask, so nothing is fetched
+    for args, stdin in ((["What is 3+4?"], None), ([], "What is 3+4?\n")):
+        line = one_line_error(r1local("run", *args, "--ram", RAM, stdin=stdin, env=env))
+        assert f"the recommended one for this machine, {ref} (" in line
+        assert "not downloaded" in line and f"`r1local pull {ref}`" in line
+    assert hub.requests() == [] and stored_names(env) == []
+
+    pulled = r1local("pull", ref, env=env, timeout=120)
+    assert pulled.returncode == 0, pulled.stderr
+    hub.log.clear()
+    for args, stdin in ((["What is 3+4?"], None), ([], "What is 3+4?\n")):
+        p = r1local("run", *args, "--ram", RAM, "--json", "--max-tokens", "4", "--seed", "1",
+                    stdin=stdin, env=env, timeout=120)
+        assert p.returncode == 0, p.stderr
+        assert f"using {ref}, the recommended model for this machine" in p.stderr
+        out = json.loads(p.stdout)
+        assert out["model"].startswith("DeepSeek R1 stand-in")  # the stored file was loaded
+        assert out["stats"]["completion_tokens"] > 0
+    assert hub.requests() == []
+
+
+def test_no_model_fits_says_so(tmp_path):
+    # the quoted prompt in place of the tag goes to the planner, not to the store
+    line = one_line_error(r1local("run", "What is 3+4?", "--ram", "64M", home=tmp_path))
+    assert "no R1 model fits this machine" in line and "r1local hw" in line
+
+
+# ---- no model named, at a terminal: asked before a download ----------------------------------
+
+def spawn_run(env: dict, *args: str):
+    import signal
+
+    import pexpect
+
+    def default_sigint() -> None:  # a runner started with `cmd &` ignores SIGINT
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    return pexpect.spawn(sys.executable, ["-m", "r1local", "run", *args], cwd=str(ROOT),
+                         env={**os.environ, **env, "PROMPT_TOOLKIT_NO_CPR": "1",
+                              "TERM": "xterm", "COLUMNS": "120", "LINES": "40"},
+                         encoding="utf-8", timeout=60, dimensions=(40, 120),
+                         preexec_fn=default_sigint)
+
+
+def closed(child) -> tuple[int, str]:
+    """Wait for the end; (exit status, everything it wrote after the last expect)."""
+    import pexpect
+
+    child.expect(pexpect.EOF)
+    child.close()
+    return child.exitstatus, child.before
+
+
+QUESTION = "Download it now? [Y/n]"
+PROMPT_ON = "\x1b[?2004h"  # prompt_toolkit turns bracketed paste on at each chat prompt
+
+
+def test_no_model_given_at_a_terminal_asks_before_pulling(standin_hub):
+    hub, env = standin_hub
+    ref = expected_recommendation()
+
+    child = spawn_run(env, "--ram", RAM)
+    try:
+        child.expect_exact(QUESTION)
+        assert f"The recommended model for this machine is {ref} (" in child.before
+        child.sendline("n")
+        status, rest = closed(child)
+    finally:
+        child.terminate(force=True)
+    assert status != 0 and "Traceback" not in rest
+    assert f"{ref} not downloaded" in rest and f"`r1local pull {ref}`" in rest
+
+    child = spawn_run(env, "--ram", RAM)
+    try:
+        child.expect_exact(QUESTION)
+        child.sendeof()  # Ctrl-D at the question: a no, not a traceback
+        status, rest = closed(child)
+    finally:
+        child.terminate(force=True)
+    assert status != 0 and "Traceback" not in rest and "not downloaded" in rest
+    assert hub.requests() == [] and stored_names(env) == []
+
+    child = spawn_run(env, "--ram", RAM)
+    try:
+        child.expect_exact(QUESTION)
+        child.sendline("")  # Enter: yes
+        child.expect_exact(PROMPT_ON, timeout=120)  # pulled, loaded, chatting
+        child.sendeof()
+        status, rest = closed(child)
+    finally:
+        child.terminate(force=True)
+    assert status == 0, rest
+    assert stored_names(env) == [ref]
+    assert hub.body_gets()  # the file came from the hub
+
+    # next time it is in the store: no question, straight to the chat
+    hub.log.clear()
+    child = spawn_run(env, "--ram", RAM)
+    try:
+        child.expect_exact(PROMPT_ON)
+        assert QUESTION not in child.before and f"using {ref}" in child.before
+        child.sendeof()
+        status, _ = closed(child)
+    finally:
+        child.terminate(force=True)
+    assert status == 0 and hub.requests() == []
+
+
+def test_a_missing_gguf_with_a_space_is_a_path_not_a_prompt(tmp_path):
+    # several words in place of the tag are a prompt, but not a .gguf name
+    line = one_line_error(r1local("run", str(tmp_path / "my models" / "x.gguf"), "hi"))
+    assert "my models/x.gguf does not exist" in line

@@ -1,8 +1,10 @@
 """`r1local run [TAG] [PROMPT...]`: chat in the terminal, or answer one prompt and exit.
 
 TAG is a path to a .gguf, or a model in the store (`7b`, `7b:q4_k_m`, an import name).
-Without TAG the planner's recommendation for this machine is used (pulled first if
-needed). With a prompt (or piped stdin) the answer goes to stdout and the reasoning to
+Without TAG the planner's recommendation for this machine is used: from the store, or,
+in a chat at a terminal, pulled after asking. A script (a prompt, or stdin not a
+terminal) is never left waiting on a download it did not ask for: it is told what to
+pull. With a prompt (or piped stdin) the answer goes to stdout and the reasoning to
 stderr, so `r1local run 7b "q" > answer.txt` keeps only the answer.
 """
 
@@ -13,7 +15,8 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("tag", nargs="?", help="model: a .gguf path or a store/catalog tag "
-                        "(default: the recommended model for this machine)")
+                        "(default: the recommended model for this machine; a quoted prompt "
+                        "of several words in its place asks that one)")
     parser.add_argument("prompt", nargs="*", help="answer this prompt and exit (stdin is read "
                         "when piped)")
     out = parser.add_argument_group("output")
@@ -27,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     load.add_argument("--threads", type=int, metavar="N", help="CPU threads")
     load.add_argument("--force", action="store_true",
                       help="load even when the plan says it does not fit")
+    load.add_argument("--ram", metavar="SIZE",
+                      help="plan as if this machine had only SIZE of RAM (e.g. 8G), to leave "
+                      "room for other programs")
     gen = parser.add_argument_group("generation")
     gen.add_argument("--temperature", type=float, metavar="T", help="default 0.6 (DeepSeek)")
     gen.add_argument("--top-p", type=float, metavar="P", help="default 0.95 (DeepSeek)")
@@ -70,20 +76,22 @@ def main(args: argparse.Namespace) -> int:
     from r1local.errors import DoesNotFitError, UsageError
     from r1local.ggufinfo import read_header
 
-    _check_numbers(args)
-    path, stored = _resolve(args.tag)
-    header = read_header(path, check_architecture=True, max_array=256)
-    machine, plan = _plan(header, path, args.ctx, args.gpu_layers)
-    if plan is not None and not plan.fits and not args.force:
-        from r1local.chat_view import fmt_bytes
-
-        raise DoesNotFitError(
-            f"{path.name} does not fit this machine: it needs {fmt_bytes(plan.ram_bytes)} RAM"
-            f" + {fmt_bytes(plan.vram_bytes)} VRAM ({plan.reason})",
-            hint="pick a smaller quant or variant (see `r1local hw`), or add --force")
-
-    prompt = " ".join(args.prompt)
+    ram_limit = _check_numbers(args)
+    tag, words = _split_tag(args.tag, args.prompt)
+    prompt = " ".join(words)
     interactive = sys.stdin.isatty()
+    # only a chat at a terminal has someone to ask before a download
+    path, stored = _resolve(tag, ask=interactive and not prompt.strip(), ram_limit=ram_limit)
+    header = read_header(path, check_architecture=True, max_array=256)
+    machine, plan = _plan(header, path, args.ctx, args.gpu_layers, ram_limit=ram_limit)
+    if plan is not None and not plan.fits:
+        where = f"this machine with --ram {args.ram}" if ram_limit else "this machine"
+        what = f"{path.name} does not fit {where} ({plan.reason})"
+        if not args.force:
+            raise DoesNotFitError(what, hint="pick a smaller quant or variant (see `r1local hw`), "
+                                  "or add --force to load it anyway")
+        print(f"r1local: warning: {what}; loading it anyway (--force)", file=sys.stderr)
+
     if not interactive:
         piped = sys.stdin.read()
         if piped.strip():
@@ -99,7 +107,7 @@ def main(args: argparse.Namespace) -> int:
             return _one_shot(engine, settings, prompt, args)
 
         def reload(n_ctx: int) -> Engine:
-            _, new_plan = _plan(header, path, n_ctx, args.gpu_layers, machine)
+            _, new_plan = _plan(header, path, n_ctx, args.gpu_layers, machine=machine)
             return Engine.load(path, new_plan, n_ctx=n_ctx, n_gpu_layers=args.gpu_layers,
                                n_threads=args.threads, verbose=args.verbose or None)
 
@@ -117,7 +125,8 @@ def main(args: argparse.Namespace) -> int:
         engine.close()
 
 
-def _check_numbers(args: argparse.Namespace) -> None:
+def _check_numbers(args: argparse.Namespace) -> int | None:
+    """Refuse nonsense before anything loads; returns --ram in bytes (None: not given)."""
     from r1local.errors import UsageError
 
     for name in ("ctx", "threads", "max_tokens"):
@@ -132,6 +141,36 @@ def _check_numbers(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and not 0 <= value <= (1 if name == "top_p" else 5):
             raise UsageError(f"--{name.replace('_', '-')} {value} is out of range")
+    if args.ram is None:
+        return None
+    from r1local.hardware import parse_size
+
+    return parse_size(args.ram)
+
+
+def _split_tag(tag: str | None, prompt: list[str]) -> tuple[str | None, list[str]]:
+    """(tag, prompt words). No model name has a space, so `r1local run "why is the sky
+    blue?"` is a prompt for the recommended model, not a model called that; a missing
+    "my models/x.gguf" stays a path, to be reported as missing."""
+    from pathlib import Path
+
+    if (tag is not None and len(tag.split()) > 1 and not tag.lower().endswith(".gguf")
+            and not Path(tag).expanduser().exists()):
+        return None, [tag, *prompt]
+    return tag, list(prompt)
+
+
+def _machine(ram_limit: int | None, models_dir=None):
+    """This machine as probed, with at most ``ram_limit`` bytes of RAM where given."""
+    from dataclasses import replace
+
+    from r1local.hardware import probe
+
+    machine = probe(models_dir)
+    if ram_limit is not None:
+        machine = replace(machine, ram_total=min(machine.ram_total, ram_limit),
+                          ram_available=min(machine.ram_available, ram_limit))
+    return machine
 
 
 def _settings(args: argparse.Namespace):
@@ -155,7 +194,7 @@ def _looks_like_path(tag: str) -> bool:
             or tag.startswith(("~", ".")) or Path(tag).exists())
 
 
-def _resolve(tag: str | None):
+def _resolve(tag: str | None, *, ask: bool = False, ram_limit: int | None = None):
     """(path, stored model or None) for a TAG, a path, or the recommended model."""
     from pathlib import Path
 
@@ -163,7 +202,7 @@ def _resolve(tag: str | None):
     from r1local.errors import ModelFileError, UnknownModelError
 
     if tag is None:
-        return _recommended()
+        return _recommended(ask, ram_limit)
     if _looks_like_path(tag):
         p = Path(tag).expanduser()
         if not p.exists():
@@ -182,50 +221,62 @@ def _resolve(tag: str | None):
     return resolve_gguf(tag, catalog, Store())
 
 
-def _recommended():
+def _recommended(ask: bool, ram_limit: int | None):
+    """The planner's pick for this machine: from the store, or pulled once the user at the
+    terminal says yes (``ask``). Without someone to ask, it says what to pull instead:
+    a script must not silently start a download of gigabytes."""
     import sys
 
     from r1local.catalog import load_catalog
     from r1local.errors import DoesNotFitError, UsageError
 
     try:
-        from r1local.hardware import probe
         from r1local.hub import pull
         from r1local.planner import recommend
-        from r1local.store import Store
+        from r1local.store import Store, resolve_gguf
     except ImportError:
         raise UsageError("no model given: use `r1local run PATH.gguf` or `r1local run TAG`") from None
+    from r1local.chat_view import fmt_bytes
+
     catalog = load_catalog()
-    machine = probe()
+    machine = _machine(ram_limit)
     plan = recommend(catalog, machine)
     if not plan.fits:
         raise DoesNotFitError(f"no R1 model fits this machine ({plan.reason})",
-                              hint="see `r1local hw`")
+                              hint="see `r1local hw`, or name a model and add --force")
     ref = f"{plan.model}:{plan.quant}"
     store = Store()
-    stored = store.find(ref, catalog)
-    if stored is None:
-        if sys.stdin.isatty():
-            from r1local.chat_view import fmt_bytes
-
-            answer = input(f"The recommended model for this machine is {ref} "
-                           f"({fmt_bytes(plan.weights_bytes)}). Download it now? [Y/n] ")
-            if answer.strip().lower() not in ("", "y", "yes"):
-                raise UsageError(f"not downloaded; `r1local pull {ref}` fetches it later")
-        else:
-            print(f"pulling {ref}, the recommended model for this machine", file=sys.stderr)
-        stored = pull(ref, machine=machine, store=store)
+    if store.find(ref, catalog) is not None:
+        path, stored = resolve_gguf(ref, catalog, store)  # says so if its files are gone
+        print(f"using {ref}, the recommended model for this machine", file=sys.stderr)
+        return path, stored
+    size = fmt_bytes(catalog.resolve(ref).variant.quant(plan.quant).total_size)
+    if not ask:
+        have = store.names()
+        raise UsageError(
+            f"no model given, and the recommended one for this machine, {ref} ({size}), is "
+            "not downloaded",
+            hint=f"`r1local pull {ref}` fetches it; or name a model: `r1local run TAG`"
+            + (f" (in the store: {', '.join(have)})" if have else ""))
+    try:
+        answer = input(f"The recommended model for this machine is {ref} ({size}). "
+                       "Download it now? [Y/n] ")
+    except EOFError:  # Ctrl-D: the same as no
+        answer = "n"
+        print(file=sys.stderr)
+    if answer.strip().lower() not in ("", "y", "yes"):
+        raise UsageError(f"{ref} not downloaded", hint=f"`r1local pull {ref}` fetches it later")
+    stored = pull(ref, machine=machine, store=store)
     return stored.path, stored
 
 
-def _plan(header, path, n_ctx, n_gpu_layers, machine=None):
+def _plan(header, path, n_ctx, n_gpu_layers, *, machine=None, ram_limit=None):
     """(machine, plan) from the planner, or (None, None) where it is not available."""
     try:
-        from r1local.hardware import probe
         from r1local.planner import plan_gguf
     except ImportError:
         return None, None
-    machine = machine or probe(path.parent)
+    machine = machine or _machine(ram_limit, path.parent)
     return machine, plan_gguf(header, machine, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers)
 
 
