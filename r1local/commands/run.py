@@ -1,10 +1,9 @@
 """`r1local run [TAG] [PROMPT...]`: chat in the terminal, or answer one prompt and exit.
 
 TAG is a path to a .gguf, or a model in the store (`7b`, `7b:q4_k_m`, an import name).
-Without TAG the planner's recommendation for this machine is used: from the store, or,
-in a chat at a terminal, pulled after asking. A script (a prompt, or stdin not a
-terminal) is never left waiting on a download it did not ask for: it is told what to
-pull. With a prompt (or piped stdin) the answer goes to stdout and the reasoning to
+Without TAG the planner's recommendation for this machine is used: from the store, or
+pulled (after asking, in a chat at a terminal; a script is told on stderr what is being
+fetched, as `ollama run` does). With a prompt (or piped stdin) the answer goes to stdout and the reasoning to
 stderr, so `r1local run 7b "q" > answer.txt` keeps only the answer.
 """
 
@@ -222,9 +221,9 @@ def _resolve(tag: str | None, *, ask: bool = False, ram_limit: int | None = None
 
 
 def _recommended(ask: bool, ram_limit: int | None):
-    """The planner's pick for this machine: from the store, or pulled once the user at the
-    terminal says yes (``ask``). Without someone to ask, it says what to pull instead:
-    a script must not silently start a download of gigabytes."""
+    """The planner's pick for this machine: from the store, or pulled. At a terminal the
+    user is asked first (``ask``); a script is not (as `ollama run` does), but stderr says
+    what is being fetched and how big it is, so nobody wonders what the wait is."""
     import sys
 
     from r1local.catalog import load_catalog
@@ -251,21 +250,18 @@ def _recommended(ask: bool, ram_limit: int | None):
         print(f"using {ref}, the recommended model for this machine", file=sys.stderr)
         return path, stored
     size = fmt_bytes(catalog.resolve(ref).variant.quant(plan.quant).total_size)
-    if not ask:
-        have = store.names()
-        raise UsageError(
-            f"no model given, and the recommended one for this machine, {ref} ({size}), is "
-            "not downloaded",
-            hint=f"`r1local pull {ref}` fetches it; or name a model: `r1local run TAG`"
-            + (f" (in the store: {', '.join(have)})" if have else ""))
-    try:
-        answer = input(f"The recommended model for this machine is {ref} ({size}). "
-                       "Download it now? [Y/n] ")
-    except EOFError:  # Ctrl-D: the same as no
-        answer = "n"
-        print(file=sys.stderr)
-    if answer.strip().lower() not in ("", "y", "yes"):
-        raise UsageError(f"{ref} not downloaded", hint=f"`r1local pull {ref}` fetches it later")
+    if ask:
+        try:
+            answer = input(f"The recommended model for this machine is {ref} ({size}). "
+                           "Download it now? [Y/n] ")
+        except EOFError:  # Ctrl-D: the same as no
+            answer = "n"
+            print(file=sys.stderr)
+        if answer.strip().lower() not in ("", "y", "yes"):
+            raise UsageError(f"{ref} not downloaded", hint=f"`r1local pull {ref}` fetches it later")
+    else:
+        print(f"pulling {ref} ({size}), the recommended model for this machine; name a model "
+              "to use another (`r1local run TAG`)", file=sys.stderr)
     stored = pull(ref, machine=machine, store=store)
     return stored.path, stored
 
