@@ -593,7 +593,8 @@ def plan_shape(shape: ModelShape, machine: "Machine", *, n_ctx: int | None = Non
                       f"{_fmt(vram_b)} it may use")
         return Plan(
             model=shape.model, quant=shape.quant, arch=shape.arch, n_layers=L,
-            n_gpu_layers=0, n_ctx=ctx, n_threads=n_threads, n_batch=N_BATCH,
+            n_gpu_layers=_forced_layers(shape, machine, n_gpu_layers, ctx, kv_type, flash,
+                                        n_gpus, unified, vram_b), n_ctx=ctx, n_threads=n_threads, n_batch=N_BATCH,
             n_ubatch=N_UBATCH, flash_attn=flash, kv_type=kv_type, use_mmap=True,
             weights_bytes=shape.weights_bytes, kv_bytes=s.kv_ram + s.kv_vram,
             compute_bytes=s.compute_ram + s.compute_vram, overhead_bytes=overhead_bytes(shape),
@@ -622,6 +623,22 @@ def plan_shape(shape: ModelShape, machine: "Machine", *, n_ctx: int | None = Non
         overhead_bytes=overhead_bytes(shape), ram_bytes=s.ram, vram_bytes=s.vram,
         verdict=verdict, tok_s_low=low, tok_s_high=high, reason=reason, repack_bytes=s.repack,
         rss_bytes=s.rss, ram_budget=ram_b, vram_budget=vram_b)
+
+
+def _forced_layers(shape: ModelShape, machine: "Machine", n_gpu_layers: int | None, ctx: int,
+                   kv_type: str, flash: bool, n_gpus: int, unified: bool, vram_b: int) -> int:
+    """For a plan that does not fit, the layers `run --force` should still put on the GPU:
+    the ones asked for, else as many as the VRAM takes, so that RAM runs out as late as
+    possible instead of the whole model landing in it."""
+    if not machine.usable_gpus:
+        return 0
+    L = shape.n_layers
+    if n_gpu_layers is not None:
+        return max(0, min(n_gpu_layers, L + 1))
+    for g in range(L + 1, 0, -1):
+        if _split(shape, g, ctx, kv_type, flash, n_gpus, unified).vram <= vram_b:
+            return g
+    return 0
 
 
 # ---------------------------------------------------------------------------

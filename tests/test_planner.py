@@ -84,6 +84,19 @@ def test_gpu_layers_fill_the_vram_budget_and_no_more(catalog):
     assert big.tok_s_low > p.tok_s_high  # all on GPU decodes faster than a partial offload
 
 
+def test_a_plan_that_does_not_fit_still_fills_the_gpu_for_force(catalog):
+    """70B Q4_K_M on 16 GB + 8 GB does not fit; `run --force` loads what the plan says, so
+    the plan keeps as many layers on the GPU as its VRAM takes (not zero)."""
+    v = catalog.resolve("70b").variant
+    m = hypothetical(16 * G, 8 * G)
+    p = plan_variant(v, "Q4_K_M", m, n_ctx=8192)
+    assert not p.fits and 0 < p.n_gpu_layers < p.n_layers
+    at = plan_variant(v, "Q4_K_M", hypothetical(256 * G, 8 * G), n_ctx=8192)
+    assert at.fits and at.n_gpu_layers == p.n_gpu_layers  # the most that the 8 GB take
+    cpu_only = plan_variant(v, "Q4_K_M", hypothetical(16 * G), n_ctx=8192)
+    assert not cpu_only.fits and cpu_only.n_gpu_layers == 0
+
+
 def test_two_gpus_hold_what_one_cannot(catalog):
     v = catalog.resolve("70b").variant
     one = plan_variant(v, "Q4_K_M", hypothetical(128 * G, 24 * G), n_ctx=8192)
