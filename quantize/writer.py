@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from quantize.quants import GGML_TYPES
+from quantize.formats import GGML_TYPES
 
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSION = 3
@@ -37,7 +37,7 @@ class KV:
 class TensorSlot:
     name: str
     shape: tuple[int, ...]  # numpy order (rows first)
-    ggml: str  # "F32" | "F16" | "BF16" | "Q8_0"
+    ggml: str  # a key of formats.GGML_TYPES
 
     @property
     def nbytes(self) -> int:
@@ -68,42 +68,6 @@ def _value(vtype: int, value: Any, etype: int | None) -> bytes:
 
 def _pad(n: int) -> int:
     return -n % ALIGNMENT
-
-
-def encode(block: np.ndarray, ggml: str) -> bytes | np.ndarray:
-    """float32 rows -> the bytes of one GGUF type."""
-    if ggml == "F32":
-        return np.ascontiguousarray(block, dtype=np.float32)
-    if ggml == "F16":
-        return np.ascontiguousarray(block).astype(np.float16)
-    if ggml == "BF16":
-        return to_bf16(block)
-    if ggml == "Q8_0":
-        return quantize_q8_0(block)
-    raise ValueError(ggml)
-
-
-def to_bf16(block: np.ndarray) -> np.ndarray:
-    """Round to nearest even, as ggml does; NaN stays a quiet NaN."""
-    bits = np.ascontiguousarray(block, dtype=np.float32).view(np.uint32)
-    rounded = ((bits + (0x7FFF + ((bits >> 16) & 1))) >> 16).astype(np.uint16)
-    nan = np.isnan(block)
-    if nan.any():
-        rounded[nan] = ((bits[nan] >> 16) | 64).astype(np.uint16)
-    return rounded
-
-
-def quantize_q8_0(block: np.ndarray) -> np.ndarray:
-    """ggml's reference Q8_0: per 32 values an f16 scale amax/127 and 32 int8 rounded away from 0."""
-    x = np.ascontiguousarray(block, dtype=np.float32).reshape(-1, 32)
-    d = np.abs(x).max(axis=1) / 127.0
-    inv = np.divide(1.0, d, out=np.zeros_like(d), where=d > 0)
-    scaled = x * inv[:, None]
-    q = np.trunc(scaled + np.copysign(0.5, scaled)).astype(np.int8)
-    out = np.empty((x.shape[0], 34), dtype=np.uint8)
-    out[:, :2] = d.astype(np.float16).view(np.uint8).reshape(-1, 2)
-    out[:, 2:] = q.view(np.uint8)
-    return out
 
 
 class GGUFStreamWriter:
