@@ -84,7 +84,7 @@ def convert(src: str | Path, out: str | Path, quant: str = "F16", *, threads: in
     kvs = _metadata(arch, vocab, ckpt.config, source, resolved_rev, file_type, folder)
     try:
         with open(partial if streamed else inter, "wb") as f:
-            writer = GGUFStreamWriter(f, kvs, slots)
+            writer = GGUFStreamWriter(f, kvs, slots, writeback=streamed)  # not llama.cpp's input
             total = sum(ckpt.entries[j.source].nbytes for j in jobs if j.source)
             workers = max(1, min(4, threads or os.cpu_count() or 1))
             with phase(f"converting to {target}", total, progress) as advance, \

@@ -7,6 +7,7 @@ they are converted: nothing bigger than one row block is ever held in memory.
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -18,6 +19,7 @@ from quantize.formats import GGML_TYPES
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSION = 3
 ALIGNMENT = 32
+WRITEBACK_BYTES = 64 << 20  # with writeback=True: hand the disk what was written, this often
 
 # GGUF metadata value types
 UINT8, INT8, UINT16, INT16, UINT32, INT32, FLOAT32, BOOL, STRING, ARRAY, UINT64, INT64, FLOAT64 = range(13)
@@ -71,13 +73,20 @@ def _pad(n: int) -> int:
 
 
 class GGUFStreamWriter:
-    """Write the header once, then ``write(block)`` tensor data in the declared order."""
+    """Write the header once, then ``write(block)`` tensor data in the declared order.
 
-    def __init__(self, f: BinaryIO, kvs: list[KV], slots: list[TensorSlot]) -> None:
+    ``writeback``: every WRITEBACK_BYTES, ask the kernel to drop what was written
+    (POSIX_FADV_DONTNEED): dirty pages are sent to the disk now, and pages of the window
+    before, written back by then, leave the page cache. Otherwise the kernel holds GBs dirty
+    until the caller's fsync, which then waits for all of it, and the page cache fills with a
+    file nobody is reading. Not for a file about to be read back."""
+
+    def __init__(self, f: BinaryIO, kvs: list[KV], slots: list[TensorSlot], writeback: bool = False) -> None:
         self.f = f
         self.slots = slots
         self._index = 0
         self._written = 0  # bytes of the current tensor so far
+        self._fd = f.fileno() if writeback and hasattr(os, "posix_fadvise") else None
         head = bytearray(GGUF_MAGIC + struct.pack("<IQQ", GGUF_VERSION, len(slots), len(kvs)))
         for kv in kvs:
             head += _string(kv.key) + struct.pack("<I", kv.vtype) + _value(kv.vtype, kv.value, kv.etype)
@@ -91,6 +100,7 @@ class GGUFStreamWriter:
         head += b"\0" * _pad(len(head))
         f.write(head)
         self.data_bytes = offset
+        self._pos = self._handed = self._prev = len(head)  # offsets: written; windows advised
 
     def write(self, data: bytes | np.ndarray) -> int:
         slot = self.slots[self._index]
@@ -98,10 +108,15 @@ class GGUFStreamWriter:
         self._written += n
         if self._written > slot.nbytes:
             raise ValueError(f"{slot.name}: wrote {self._written} bytes, expected {slot.nbytes}")
+        self._pos += n
         if self._written == slot.nbytes:
-            self.f.write(b"\0" * _pad(slot.nbytes))
+            self._pos += self.f.write(b"\0" * _pad(slot.nbytes))
             self._index += 1
             self._written = 0
+        if self._fd is not None and self._pos - self._handed >= WRITEBACK_BYTES:
+            self.f.flush()
+            os.posix_fadvise(self._fd, self._prev, self._pos - self._prev, os.POSIX_FADV_DONTNEED)
+            self._prev, self._handed = self._handed, self._pos
         return n
 
     def finish(self) -> None:

@@ -473,3 +473,29 @@ def test_unrepresentable_values_stop_q8_0_with_the_tensor_named(tmp_path):
     rest = np.ones(w.shape, bool)
     rest[3, 5] = False
     assert np.array_equal(h[rest], w.half().view(torch.int16).numpy().view(np.uint16)[rest])
+
+
+def test_writeback_hints_cover_the_file_and_change_no_byte(monkeypatch, tmp_path):
+    """The writer hands written ranges to the disk as it goes (POSIX_FADV_DONTNEED); the
+    file must come out the same, and the ranges must be real ones."""
+    import os
+
+    from quantize import convert, writer
+
+    if not hasattr(os, "posix_fadvise"):
+        pytest.skip("no posix_fadvise here")
+    src = hfc.qwen2_checkpoint()
+    monkeypatch.setattr(writer, "WRITEBACK_BYTES", 1 << 62)
+    plain = convert(src, tmp_path / "plain.gguf", "Q8_0", progress=False).read_bytes()
+    calls = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, advice: (calls.append((off, n)),
+                                                                          real(fd, off, n, advice)))
+    monkeypatch.setattr(writer, "WRITEBACK_BYTES", 64 << 10)
+    hinted = convert(src, tmp_path / "hinted.gguf", "Q8_0", progress=False).read_bytes()
+    assert hinted == plain
+    assert len(calls) > 5
+    assert all(n > 0 and off + n <= len(plain) for off, n in calls)
+    assert all(a[0] <= b[0] <= a[0] + a[1] for a, b in zip(calls, calls[1:]))  # no gaps
+    # from the end of the header to the last 64 KB + one write (blocks here are <= 140 KB)
+    assert calls[0][0] < 64 << 10 and calls[-1][0] + calls[-1][1] > len(plain) - (256 << 10)
