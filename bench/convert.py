@@ -1,7 +1,7 @@
 """Converter throughput and peak memory on a synthetic >= 4 GB checkpoint, side by side with
 a plain copy of the same bytes and with llama.cpp's convert_hf_to_gguf.py (same version).
 
-    .venv/bin/python bench/convert.py [--gb 4] [--llama-cpp-src DIR] [--keep]
+    .venv/bin/python bench/convert.py [--gb 4] [--llama-cpp-src DIR | --no-llama-cpp] [--keep]
 
 The checkpoint has real DeepSeek-R1-Distill-Qwen-7B shapes (hidden 3584, ffn 18944, 28/4
 heads, 152064-token vocabulary, untied head), as many layers as reach the size, BF16 in
@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 SHAPE = dict(hidden=3584, ffn=18944, heads=28, kv_heads=4, vocab=152064)
+QUANTS = ("F16", "BF16", "Q8_0")
 SHARD_BYTES = 1 << 30
 
 
@@ -141,9 +142,12 @@ def main() -> int:
     ap.add_argument("--gb", type=float, default=4.0, help="checkpoint size in GB (default 4)")
     ap.add_argument("--llama-cpp-src", help="vendor/llama.cpp of the llama-cpp-python 0.3.36 sdist")
     ap.add_argument("--workdir", default=str(ROOT / "bench" / "results" / "convert-work"))
+    ap.add_argument("--no-llama-cpp", action="store_true",
+                    help="skip convert_hf_to_gguf.py's rows (minutes each, and ~3.5 GB of memory)")
     ap.add_argument("--keep", action="store_true", help="keep the synthetic checkpoint")
     args = ap.parse_args()
 
+    load_before = " / ".join(f"{a:.1f}" for a in os.getloadavg())
     work = Path(args.workdir)
     src = work / "ckpt"
     shutil.rmtree(work, ignore_errors=True)
@@ -155,25 +159,27 @@ def main() -> int:
         print(f"synthetic checkpoint: {size / 1e9:.2f} GB in {time.perf_counter() - t:.0f} s", flush=True)
         py = sys.executable
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        runs = [("copy (cp of the same shards)", ["cp", "-r", str(src), str(work / "copy")], env, work / "copy")]
-        for q in ("F16", "Q8_0"):
+        runs = [("copy (cp of the same shards)", None, ["cp", "-r", str(src), str(work / "copy")], env,
+                 work / "copy")]
+        for q in QUANTS:
             out = work / f"ours-{q}.gguf"
-            runs.append((f"quantize → {q}", [py, "-m", "quantize", str(src), "--quant", q, "-o", str(out),
-                                             "--no-progress"], env, out))
-        lc = llama_cpp_source(args.llama_cpp_src)
+            runs.append((f"quantize → {q}", q, [py, "-m", "quantize", str(src), "--quant", q, "-o", str(out),
+                                                "--no-progress"], env, out))
+        lc = None if args.no_llama_cpp else llama_cpp_source(args.llama_cpp_src)
         if lc is not None and (lc / "convert_hf_to_gguf.py").exists():
             lenv = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(lc / "gguf-py"), os.environ.get("PYTHONPATH")]))}
-            for q in ("f16", "q8_0"):
+            for q in QUANTS:
                 out = work / f"llamacpp-{q}.gguf"
-                runs.append((f"convert_hf_to_gguf.py → {q.upper()}",
-                             [py, str(lc / "convert_hf_to_gguf.py"), str(src), "--outtype", q,
+                runs.append((f"convert_hf_to_gguf.py → {q}", q,
+                             [py, str(lc / "convert_hf_to_gguf.py"), str(src), "--outtype", q.lower(),
                               "--outfile", str(out)], lenv, out))
         else:
             print("llama.cpp's convert_hf_to_gguf.py not available: its rows are skipped")
-        for label, cmd, e, out in runs:
+        for label, quant, cmd, e, out in runs:
             sec, peak, rc, last = measure(cmd, e)
             ok = rc == 0
-            rows.append((label, sec, size / 1e6 / sec if ok else None, peak, "ok" if ok else f"failed: {last[:80]}"))
+            rows.append((label, quant, sec, size / 1e6 / sec if ok else None, peak,
+                         "ok" if ok else f"failed: {last[:80]}"))
             print(f"{label}: {sec:.1f} s, {size / 1e6 / sec:.0f} MB/s, peak RSS {peak / 2**20:.0f} MiB, {rows[-1][-1]}",
                   flush=True)
             if out.is_dir():
@@ -184,14 +190,15 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
-    copy_rate = rows[0][2]
-    ref = {q: r[2] for r in rows for q in ("F16", "Q8_0") if r[0].startswith("convert_hf") and r[0].endswith(q)}
+    copy_rate = rows[0][3]
+    ref = {r[1]: r[3] for r in rows if r[0].startswith("convert_hf")}
+    load = " / ".join(f"{a:.1f}" for a in os.getloadavg())
     lines = [f"Converter benchmark: {size / 1e9:.2f} GB BF16 checkpoint (R1-Distill-Qwen-7B shapes, "
-             f"~1 GB shards), {os.cpu_count()} cores, page cache warm",
+             f"~1 GB shards), {os.cpu_count()} cores, page cache warm; load average (1/5/15 min) "
+             f"{load_before} before, {load} after",
              "", "| run | seconds | MB/s (source bytes) | × copy | × convert_hf_to_gguf | peak RSS MiB | status |",
              "|---|---:|---:|---:|---:|---:|---|"]
-    for label, sec, rate, peak, status in rows:
-        q = "F16" if "F16" in label else ("Q8_0" if "Q8_0" in label else None)
+    for label, q, sec, rate, peak, status in rows:
         vs_copy = f"{rate / copy_rate:.2f}" if rate and copy_rate else "–"
         vs_ref = f"{rate / ref[q]:.2f}" if rate and q and ref.get(q) else "–"
         lines.append(f"| {label} | {sec:.1f} | {rate:.0f} | {vs_copy} | {vs_ref} | {peak / 2**20:.0f} | {status} |"

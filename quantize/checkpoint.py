@@ -1,9 +1,10 @@
 """Reading a Hugging Face checkpoint: config, shard index and safetensors, without loading it.
 
-Tensors are read in row blocks with positioned reads into one reusable buffer, so memory
-stays flat whatever the model size (a memory map would count every page touched as
-resident). BF16 and FP8 (e4m3, with DeepSeek's 128x128 ``weight_scale_inv`` block scales)
-are decoded to float32 block by block.
+Tensors are read in row blocks with positioned reads (into the caller's buffer, if given), so
+memory stays flat whatever the model size (a memory map would count every page touched as
+resident). Rows come back as stored (F32, F16, or BF16 bits): decoding them is fused into
+the encoders (kernels.py). FP8 (e4m3, with DeepSeek's 128x128 ``weight_scale_inv`` block
+scales) is the exception: it is dequantized here, to float32.
 """
 
 from __future__ import annotations
@@ -13,36 +14,15 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
 
 import numpy as np
 
 from quantize.errors import ConvertError
+from quantize.formats import FP8_BLOCK, FP8_E4M3, SAFETENSORS_DTYPES
+from quantize.kernels import encode
 
 INDEX_NAME = "model.safetensors.index.json"
-FP8_BLOCK = 128
 SCALE_SUFFIX = "_scale_inv"  # "x.weight" is scaled by "x.weight_scale_inv"
-
-# safetensors dtype -> (numpy dtype of the stored bytes, item size)
-_DTYPES: dict[str, tuple[Any, int]] = {
-    "F32": (np.float32, 4), "F16": (np.float16, 2), "BF16": (np.uint16, 2),
-    "F8_E4M3": (np.uint8, 1),
-}
-
-
-def _fp8_e4m3_table() -> np.ndarray:
-    """float32 value of each of the 256 e4m3fn bytes (no infinities; 0x7f/0xff are NaN)."""
-    b = np.arange(256)
-    sign = np.where(b & 0x80, -1.0, 1.0)
-    exp = (b >> 3) & 0xF
-    man = b & 0x7
-    val = np.where(exp == 0, man / 8.0 * 2.0 ** -6, (1 + man / 8.0) * 2.0 ** (exp - 7.0))
-    val = sign * val
-    val[(b & 0x7F) == 0x7F] = np.nan
-    return val.astype(np.float32)
-
-
-_FP8 = _fp8_e4m3_table()
 
 
 @dataclass(frozen=True)
@@ -110,13 +90,13 @@ def _read_header(path: Path) -> dict[str, TensorEntry]:
             begin, stop = (int(x) for x in info["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise ConvertError(f"{path.name}: malformed entry for tensor {name}: re-download it") from None
-        if dtype not in _DTYPES:
+        if dtype not in SAFETENSORS_DTYPES:
             raise ConvertError(f"{path.name}: tensor {name} has dtype {dtype}; supported: "
-                               f"{', '.join(_DTYPES)}")
+                               f"{', '.join(SAFETENSORS_DTYPES)}")
         count = 1
         for d in shape:
             count *= d
-        if stop - begin != count * _DTYPES[dtype][1] or begin < 0:
+        if stop - begin != count * SAFETENSORS_DTYPES[dtype].itemsize or begin < 0:
             raise ConvertError(f"{path.name}: tensor {name} has inconsistent offsets: re-download it")
         end = max(end, stop)
         out[name] = TensorEntry(name, path, dtype, shape, base + begin, stop - begin)
@@ -174,7 +154,7 @@ class Checkpoint:
         return max(sizes, key=sizes.get) if sizes else "F32"
 
     def block_rows(self, name: str, rows_per_block: int) -> list[tuple[int, int]]:
-        """(first row, row count) of each block ``iter_rows`` / ``read_rows`` use."""
+        """(first row, row count) of each block ``read_rows`` should be asked for."""
         entry = self.entries[name]
         if len(entry.shape) <= 1:
             return [(0, 1)]
@@ -182,36 +162,40 @@ class Checkpoint:
             rows_per_block = max(FP8_BLOCK, rows_per_block // FP8_BLOCK * FP8_BLOCK)
         return [(r0, min(rows_per_block, entry.rows - r0)) for r0 in range(0, entry.rows, rows_per_block)]
 
-    def read_rows(self, name: str, row0: int, nrows: int) -> np.ndarray:
-        """float32 rows [row0, row0 + nrows) (a 1-D tensor whole); thread-safe."""
+    def read_rows(self, name: str, row0: int, nrows: int,
+                  into: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+        """Rows [row0, row0 + nrows) (a 1-D tensor whole) as stored, and how they are stored:
+        "F32", "F16" or "BF16" (raw bits as uint16); FP8 comes dequantized, as "F32".
+        ``into``: a uint8 array, big enough, to read into (the rows may then be a view of it).
+        Thread-safe."""
         entry = self.entries[name]
         if len(entry.shape) <= 1:
-            return self._read(entry, 0, 1).reshape(entry.shape)
-        block = self._read(entry, row0, nrows).reshape((nrows, *entry.shape[1:]))
-        if entry.dtype == "F8_E4M3":
-            scale = self.entries.get(name + SCALE_SUFFIX)
-            if scale is None:
-                raise ConvertError(f"FP8 tensor {name} has no {name + SCALE_SUFFIX}: the checkpoint "
-                                   "is incomplete")
-            block = _apply_block_scales(block, self._read(scale, 0, scale.rows).reshape(scale.shape), row0)
-        return block
+            block = self._read(entry, 0, 1, into).reshape(entry.shape)
+        else:
+            block = self._read(entry, row0, nrows, into).reshape((nrows, *entry.shape[1:]))
+        if entry.dtype != "F8_E4M3":
+            return block, entry.dtype
+        values = FP8_E4M3[block]
+        if block.ndim < 2:
+            return values, "F32"
+        scale = self.entries.get(name + SCALE_SUFFIX)
+        if scale is None:
+            raise ConvertError(f"FP8 tensor {name} has no {name + SCALE_SUFFIX}: the checkpoint "
+                               "is incomplete")
+        raw, stored = self.read_rows(scale.name, 0, scale.rows)
+        scales = encode(raw, "F32", stored).view(np.float32).reshape(raw.shape)
+        return _apply_block_scales(values, scales, row0), "F32"
 
-    def iter_rows(self, name: str, rows_per_block: int) -> Iterator[np.ndarray]:
-        """float32 blocks of whole rows (a 1-D tensor comes as one block)."""
-        for r0, n in self.block_rows(name, rows_per_block):
-            yield self.read_rows(name, r0, n)
-
-    def read(self, name: str) -> np.ndarray:
-        """A whole (small) tensor as float32."""
-        entry = self.entries[name]
-        return np.concatenate(list(self.iter_rows(name, max(1, entry.rows)))) if len(entry.shape) > 1 \
-            else next(self.iter_rows(name, 1))
-
-    def _read(self, entry: TensorEntry, row0: int, nrows: int) -> np.ndarray:
-        np_dtype, item = _DTYPES[entry.dtype]
-        row_bytes = entry.row_elements * item if len(entry.shape) > 1 else entry.nbytes
+    def _read(self, entry: TensorEntry, row0: int, nrows: int, into: np.ndarray | None) -> np.ndarray:
+        np_dtype = SAFETENSORS_DTYPES[entry.dtype]
+        row_bytes = entry.row_elements * np_dtype.itemsize if len(entry.shape) > 1 else entry.nbytes
         nbytes = nrows * row_bytes
-        raw = np.empty(nbytes // item, dtype=np_dtype)
+        if into is None:
+            raw = np.empty(nbytes // np_dtype.itemsize, dtype=np_dtype)
+        elif into.dtype != np.uint8 or not into.flags.c_contiguous or into.size < nbytes:
+            raise ValueError(f"into must be a contiguous uint8 array of at least {nbytes} bytes")
+        else:
+            raw = into[:nbytes].view(np_dtype)
         fd = os.open(entry.file, os.O_RDONLY)
         try:
             view = memoryview(raw).cast("B")
@@ -224,20 +208,7 @@ class Checkpoint:
                 got += n
         finally:
             os.close(fd)
-        return decode(raw, entry.dtype)
-
-
-def decode(raw: np.ndarray, dtype: str) -> np.ndarray:
-    """Stored values -> float32."""
-    if dtype == "F32":
         return raw
-    if dtype == "F16":
-        return raw.astype(np.float32)
-    if dtype == "BF16":
-        return (raw.astype(np.uint32) << 16).view(np.float32)
-    if dtype == "F8_E4M3":
-        return _FP8[raw]
-    raise ConvertError(f"unsupported dtype {dtype}")
 
 
 def _apply_block_scales(block: np.ndarray, scales: np.ndarray, row0: int) -> np.ndarray:

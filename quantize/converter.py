@@ -9,25 +9,30 @@ when complete (``<out>.partial`` until then).
 from __future__ import annotations
 
 import os
+import queue
 import re
 import shutil
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
 
+import numpy as np
+
 from quantize import __version__
 from quantize.archs import for_config
 from quantize.checkpoint import Checkpoint
 from quantize.errors import ConvertError
+from quantize.kernels import Unrepresentable, encode, encoded_size
 from quantize.llamaquant import quantize_file
 from quantize.progress import phase
 from quantize.quants import (IMATRIX_QUANTS, LLAMA_QUANTS, QUANTIZATION_VERSION, STREAMED,
                              SUPPORTED_QUANTS, bits_per_weight, canonical)
 from quantize.vocab import read_vocab
-from quantize.writer import STRING, UINT32, KV, GGUFStreamWriter, TensorSlot, encode
+from quantize.writer import STRING, UINT32, KV, GGUFStreamWriter, TensorSlot
 
-BLOCK_BYTES = 16 << 20  # float32 bytes per row block: bounds memory whatever the tensor size
+BLOCK_BYTES = 16 << 20  # float32 bytes per row block (FP8 is decoded to it): bounds memory
 DISK_MARGIN = 64 << 20
 # what a conversion reads of a hub repo besides the weights (picked from the index: see
 # _resolve_source)
@@ -81,13 +86,14 @@ def convert(src: str | Path, out: str | Path, quant: str = "F16", *, threads: in
     kvs = _metadata(arch, vocab, ckpt.config, source, resolved_rev, file_type, folder)
     try:
         with open(partial if streamed else inter, "wb") as f:
-            writer = GGUFStreamWriter(f, kvs, slots)
+            writer = GGUFStreamWriter(f, kvs, slots, writeback=streamed)  # not llama.cpp's input
             total = sum(ckpt.entries[j.source].nbytes for j in jobs if j.source)
             workers = max(1, min(4, threads or os.cpu_count() or 1))
             with phase(f"converting to {target}", total, progress) as advance, \
                     ThreadPoolExecutor(workers, thread_name_prefix="convert") as pool:
+                blocks = _Blocks(ckpt, writer, advance, pool, workers)
                 for job, slot in zip(jobs, slots):
-                    _write_tensor(ckpt, job, slot, writer, advance, pool)
+                    blocks.tensor(job, slot)
             writer.finish()
             f.flush()
             os.fsync(f.fileno())
@@ -120,37 +126,67 @@ def _tensor_type(shape: tuple[int, ...], keep_f32: bool, target: str) -> str:
     return target
 
 
-def _write_tensor(ckpt: Checkpoint, job, slot: TensorSlot, writer: GGUFStreamWriter, advance,
-                  pool: ThreadPoolExecutor) -> None:
+class _Blocks:
     """Row blocks are read and encoded on worker threads (numpy and preadv release the GIL)
-    and written in order; at most pool-size + 1 blocks are in flight, so memory stays flat."""
-    if job.data is not None:
-        writer.write(encode(job.data, slot.ggml))
-        return
-    entry = ckpt.entries[job.source]
-    rows = max(1, BLOCK_BYTES // (4 * max(1, entry.row_elements)))
-    rows = max(job.row_multiple, rows // job.row_multiple * job.row_multiple)
-    row_bytes = entry.nbytes // max(1, entry.rows)
+    and written in order; at most workers + 1 blocks are in flight, so memory stays flat.
 
-    def work(r0: int, n: int):
-        block = ckpt.read_rows(job.source, r0, n)
-        if job.transform is not None:
+    Buffers are made once and reused: a fresh 16 MB array per block cost a page fault per
+    4 KB, more than the copy into it. Each worker has its own read buffer; output buffers go
+    round a free list, workers + 1 of them: a block in flight holds at most one, so a worker
+    always finds one free."""
+
+    def __init__(self, ckpt: Checkpoint, writer: GGUFStreamWriter, advance, pool: ThreadPoolExecutor,
+                 workers: int) -> None:
+        self.ckpt, self.writer, self.advance, self.pool, self.workers = ckpt, writer, advance, pool, workers
+        self.free: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(workers + 1):
+            self.free.put(np.empty(BLOCK_BYTES, np.uint8))
+        self.local = threading.local()
+
+    def tensor(self, job, slot: TensorSlot) -> None:
+        if job.data is not None:
+            self.writer.write(encode(job.data, slot.ggml))
+            return
+        entry = self.ckpt.entries[job.source]
+        rows = max(1, BLOCK_BYTES // (4 * max(1, entry.row_elements)))
+        rows = max(job.row_multiple, rows // job.row_multiple * job.row_multiple)
+        pending: deque = deque()
+        for r0, n in self.ckpt.block_rows(job.source, rows):
+            pending.append(self.pool.submit(self._work, job, slot, entry, r0, n))
+            if len(pending) > self.workers:
+                self._drain_one(pending)
+        while pending:
+            self._drain_one(pending)
+
+    def _work(self, job, slot: TensorSlot, entry, r0: int, n: int):
+        flat = len(entry.shape) <= 1
+        nbytes = entry.nbytes if flat else entry.nbytes // entry.rows * n
+        into = getattr(self.local, "buf", None)
+        if into is None or into.size < nbytes:
+            into = self.local.buf = np.empty(max(nbytes, BLOCK_BYTES), np.uint8)
+        block, stored = self.ckpt.read_rows(job.source, r0, n, into=into)
+        if job.transform is not None:  # row moves: the same on stored values as on floats
             block = job.transform(block)
-        return encode(block, slot.ggml), (row_bytes * n if len(entry.shape) > 1 else entry.nbytes)
+        out = self.free.get()
+        if out.size < encoded_size(block.size, slot.ggml):
+            out = np.empty(encoded_size(block.size, slot.ggml), np.uint8)
+        try:
+            return encode(block, slot.ggml, stored, out=out), out, nbytes
+        except Unrepresentable as err:
+            self.free.put(out)
+            raise ConvertError(f"{job.source}: {err}: check the checkpoint, or convert to BF16, "
+                               "which holds values that large") from None
+        except BaseException:
+            self.free.put(out)
+            raise
 
-    pending: deque = deque()
-    for r0, n in ckpt.block_rows(job.source, rows):
-        pending.append(pool.submit(work, r0, n))
-        if len(pending) > pool._max_workers:
-            _drain_one(pending, writer, advance)
-    while pending:
-        _drain_one(pending, writer, advance)
-
-
-def _drain_one(pending: deque, writer: GGUFStreamWriter, advance) -> None:
-    data, nbytes = pending.popleft().result()
-    writer.write(data)
-    advance(nbytes)
+    def _drain_one(self, pending: deque) -> None:
+        data, out, nbytes = pending.popleft().result()
+        try:
+            self.writer.write(data)
+        finally:
+            self.free.put(out)
+        self.advance(nbytes)
 
 
 def _metadata(arch, vocab, config: dict, source: str, revision: str | None, file_type: int,

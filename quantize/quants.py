@@ -31,11 +31,6 @@ IMATRIX_QUANTS: dict[str, float] = {
 SUPPORTED_QUANTS: tuple[str, ...] = (*STREAMED, *LLAMA_QUANTS, *IMATRIX_QUANTS)
 QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION of the block formats we write
 
-# GGUF tensor type ids and (block size, bytes per block)
-GGML_TYPES: dict[str, tuple[int, int, int]] = {
-    "F32": (0, 1, 4), "F16": (1, 1, 2), "Q8_0": (8, 32, 34), "BF16": (30, 1, 2),
-}
-
 
 def canonical(name: str) -> str | None:
     """The table spelling of a quant name given in any case, or None."""

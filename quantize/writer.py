@@ -7,17 +7,19 @@ they are converted: nothing bigger than one row block is ever held in memory.
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from quantize.quants import GGML_TYPES
+from quantize.formats import GGML_TYPES
 
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSION = 3
 ALIGNMENT = 32
+WRITEBACK_BYTES = 64 << 20  # with writeback=True: hand the disk what was written, this often
 
 # GGUF metadata value types
 UINT8, INT8, UINT16, INT16, UINT32, INT32, FLOAT32, BOOL, STRING, ARRAY, UINT64, INT64, FLOAT64 = range(13)
@@ -37,7 +39,7 @@ class KV:
 class TensorSlot:
     name: str
     shape: tuple[int, ...]  # numpy order (rows first)
-    ggml: str  # "F32" | "F16" | "BF16" | "Q8_0"
+    ggml: str  # a key of formats.GGML_TYPES
 
     @property
     def nbytes(self) -> int:
@@ -70,50 +72,21 @@ def _pad(n: int) -> int:
     return -n % ALIGNMENT
 
 
-def encode(block: np.ndarray, ggml: str) -> bytes | np.ndarray:
-    """float32 rows -> the bytes of one GGUF type."""
-    if ggml == "F32":
-        return np.ascontiguousarray(block, dtype=np.float32)
-    if ggml == "F16":
-        return np.ascontiguousarray(block).astype(np.float16)
-    if ggml == "BF16":
-        return to_bf16(block)
-    if ggml == "Q8_0":
-        return quantize_q8_0(block)
-    raise ValueError(ggml)
-
-
-def to_bf16(block: np.ndarray) -> np.ndarray:
-    """Round to nearest even, as ggml does; NaN stays a quiet NaN."""
-    bits = np.ascontiguousarray(block, dtype=np.float32).view(np.uint32)
-    rounded = ((bits + (0x7FFF + ((bits >> 16) & 1))) >> 16).astype(np.uint16)
-    nan = np.isnan(block)
-    if nan.any():
-        rounded[nan] = ((bits[nan] >> 16) | 64).astype(np.uint16)
-    return rounded
-
-
-def quantize_q8_0(block: np.ndarray) -> np.ndarray:
-    """ggml's reference Q8_0: per 32 values an f16 scale amax/127 and 32 int8 rounded away from 0."""
-    x = np.ascontiguousarray(block, dtype=np.float32).reshape(-1, 32)
-    d = np.abs(x).max(axis=1) / 127.0
-    inv = np.divide(1.0, d, out=np.zeros_like(d), where=d > 0)
-    scaled = x * inv[:, None]
-    q = np.trunc(scaled + np.copysign(0.5, scaled)).astype(np.int8)
-    out = np.empty((x.shape[0], 34), dtype=np.uint8)
-    out[:, :2] = d.astype(np.float16).view(np.uint8).reshape(-1, 2)
-    out[:, 2:] = q.view(np.uint8)
-    return out
-
-
 class GGUFStreamWriter:
-    """Write the header once, then ``write(block)`` tensor data in the declared order."""
+    """Write the header once, then ``write(block)`` tensor data in the declared order.
 
-    def __init__(self, f: BinaryIO, kvs: list[KV], slots: list[TensorSlot]) -> None:
+    ``writeback``: every WRITEBACK_BYTES, ask the kernel to drop what was written
+    (POSIX_FADV_DONTNEED): dirty pages are sent to the disk now, and pages of the window
+    before, written back by then, leave the page cache. Otherwise the kernel holds GBs dirty
+    until the caller's fsync, which then waits for all of it, and the page cache fills with a
+    file nobody is reading. Not for a file about to be read back."""
+
+    def __init__(self, f: BinaryIO, kvs: list[KV], slots: list[TensorSlot], writeback: bool = False) -> None:
         self.f = f
         self.slots = slots
         self._index = 0
         self._written = 0  # bytes of the current tensor so far
+        self._fd = f.fileno() if writeback and hasattr(os, "posix_fadvise") else None
         head = bytearray(GGUF_MAGIC + struct.pack("<IQQ", GGUF_VERSION, len(slots), len(kvs)))
         for kv in kvs:
             head += _string(kv.key) + struct.pack("<I", kv.vtype) + _value(kv.vtype, kv.value, kv.etype)
@@ -127,6 +100,7 @@ class GGUFStreamWriter:
         head += b"\0" * _pad(len(head))
         f.write(head)
         self.data_bytes = offset
+        self._pos = self._handed = self._prev = len(head)  # offsets: written; windows advised
 
     def write(self, data: bytes | np.ndarray) -> int:
         slot = self.slots[self._index]
@@ -134,10 +108,15 @@ class GGUFStreamWriter:
         self._written += n
         if self._written > slot.nbytes:
             raise ValueError(f"{slot.name}: wrote {self._written} bytes, expected {slot.nbytes}")
+        self._pos += n
         if self._written == slot.nbytes:
-            self.f.write(b"\0" * _pad(slot.nbytes))
+            self._pos += self.f.write(b"\0" * _pad(slot.nbytes))
             self._index += 1
             self._written = 0
+        if self._fd is not None and self._pos - self._handed >= WRITEBACK_BYTES:
+            self.f.flush()
+            os.posix_fadvise(self._fd, self._prev, self._pos - self._prev, os.POSIX_FADV_DONTNEED)
+            self._prev, self._handed = self._handed, self._pos
         return n
 
     def finish(self) -> None:

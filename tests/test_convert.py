@@ -169,21 +169,6 @@ def test_streamed_types_and_1d_tensors_stay_f32():
                 assert t.tensor_type == want, t.name
 
 
-def test_q8_0_blocks_equal_ggml_reference():
-    """Our numpy Q8_0 == ggml's own quantizer (via gguf-py's port of quantize_row_q8_0_ref)."""
-    from gguf.quants import quantize as ggml_quantize
-    from gguf import GGMLQuantizationType
-
-    from quantize.writer import quantize_q8_0
-
-    x = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)
-    x[3, :32] = 0.0  # an all-zero block
-    x[5, 7] = 1e4
-    ours = quantize_q8_0(x).reshape(64, -1)
-    ref = ggml_quantize(x, GGMLQuantizationType.Q8_0)
-    assert np.array_equal(ours, ref)
-
-
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_half_inputs_are_copied_losslessly(dtype):
     import torch

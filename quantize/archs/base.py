@@ -51,7 +51,7 @@ class TensorJob:
     gguf_name: str
     shape: tuple[int, ...]
     source: str | None = None  # HF tensor name, or None for a generated tensor
-    transform: RowTransform | None = None
+    transform: RowTransform | None = None  # moves rows only: it sees them as stored (any dtype)
     row_multiple: int = 1  # blocks must hold whole groups of this many rows (e.g. heads)
     data: np.ndarray | None = None  # a generated tensor's values
     keep_f32: bool = False
