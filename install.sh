@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Set r1local up on this machine: a .venv with llama-cpp-python built once for the best
-# backend found here (the wheel is cached, so later installs do not compile again), then
-# r1local itself.
+# backend found here, and llama.cpp's llama-quantize and llama-imatrix from the same build
+# (both cached, so later installs do not compile again), then r1local itself.
 #
 #   ./install.sh                 install for use
 #   ./install.sh --dev           also the test extra (pytest, transformers, torch, test models)
 #   ./install.sh --backend cuda  force a backend: auto, cpu, cuda, metal, hip, vulkan
-#   ./install.sh --rebuild       ignore the cached wheel and compile llama.cpp again
+#   ./install.sh --rebuild       ignore the cached build and compile llama.cpp again
 #
 # Environment: PYTHON (interpreter to use), R1LOCAL_CACHE (cache dir), CMAKE_ARGS (added
 # to the backend's own flags), LLAMA_CPP_PYTHON_VERSION (default below).
@@ -30,7 +30,7 @@ while [ $# -gt 0 ]; do
     --backend) [ $# -ge 2 ] || die "--backend needs a value: auto, cpu, cuda, metal, hip or vulkan"
                BACKEND="$2"; shift ;;
     --backend=*) BACKEND="${1#*=}" ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"; exit 0 ;;
     *) die "unknown option '$1' (see ./install.sh --help)" ;;
   esac
   shift
@@ -104,19 +104,50 @@ case "$BACKEND" in
 esac
 export CMAKE_ARGS="$BACKEND_ARGS ${CMAKE_ARGS:-}"
 
-# --- the cached llama-cpp-python wheel -------------------------------------------------
+# --- the cached llama-cpp-python wheel and llama.cpp tools -------------------------------
+# Beside the wheel, two of llama.cpp's own tools from the same source: llama-quantize (what
+# `r1local convert --imatrix` runs) and llama-imatrix (makes the importance matrix).
+TOOLS=(llama-quantize llama-imatrix)
 # The build is native to this CPU (-march=native), so the key holds the CPU's features.
 if [ "$OS" = Darwin ]; then
   CACHE_ROOT="${R1LOCAL_CACHE:-$HOME/Library/Caches/r1local}"
   CPU_ID="$(sysctl -n machdep.cpu.brand_string 2>/dev/null; sysctl -n hw.optional 2>/dev/null | tr -d '\n')"
+  ORIGIN='@loader_path'
 else
   CACHE_ROOT="${R1LOCAL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/r1local}"
   CPU_ID="$(grep -m1 -E '^(flags|Features)' /proc/cpuinfo 2>/dev/null || true)"
+  ORIGIN='$ORIGIN'
 fi
+# The tools go to .venv/bin and the few shared libraries only they use (llama-common, ...)
+# to .venv/lib/llama.cpp; both load the wheel's libllama/libggml from site-packages, so the
+# runtime path names that folder relative to each of the two places.
+TOOL_LIB="$VENV/lib/llama.cpp"
+read -r BIN_TO_SITE LIB_TO_SITE < <("$VPY" - "$TOOL_LIB" <<'PY'
+import os, sys, sysconfig as s
+site = s.get_path("platlib")
+print(os.path.relpath(site, s.get_path("scripts")), os.path.relpath(site, sys.argv[1]))
+PY
+) || true
+[ -n "${LIB_TO_SITE:-}" ] || die "$VPY cannot tell where its site-packages are: remove $VENV and run ./install.sh again"
+TOOLS_RPATH="$ORIGIN/../lib/llama.cpp;$ORIGIN/$BIN_TO_SITE/llama_cpp/lib;$ORIGIN/$LIB_TO_SITE/llama_cpp/lib"
+# The tools step reconfigures the wheel's tree with these. LLAVA_BUILD=OFF: with the tools on,
+# llama.cpp's tools/ adds the mtmd target itself. BUILD_RPATH_USE_ORIGIN: the tree's own
+# folders go in as $ORIGIN, not as temporary paths.
+TOOLS_CMAKE=(-DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=OFF
+             -DCMAKE_BUILD_RPATH_USE_ORIGIN=ON "-DCMAKE_BUILD_RPATH=$TOOLS_RPATH")
+# On ELF, each cached file then gets exactly the path for where it is installed: CMake pads
+# the build path of a target it could install with ':' (for rewriting it in place later), and
+# the loader reads an empty entry as the current directory.
+ELF_RPATH_BIN="\$ORIGIN/../lib/llama.cpp:\$ORIGIN/$BIN_TO_SITE/llama_cpp/lib"
+ELF_RPATH_LIB="\$ORIGIN:\$ORIGIN/$LIB_TO_SITE/llama_cpp/lib"
+# RECIPE names what the cache holds: it changes with the build steps, so that an older cache
+# (a wheel without tools, say) is never taken for a complete one.
+RECIPE="wheel+tools 5: ${TOOLS[*]} ${TOOLS_CMAKE[*]} elf=$ELF_RPATH_BIN;$ELF_RPATH_LIB"
 hash_of() { if command -v sha256sum >/dev/null; then sha256sum; else shasum -a 256; fi | cut -c1-12; }
-CPU_KEY="$ARCH-$(printf '%s|%s' "$CPU_ID" "$CMAKE_ARGS" | hash_of)"
+CPU_KEY="$ARCH-$(printf '%s|%s|%s' "$CPU_ID" "$CMAKE_ARGS" "$RECIPE" | hash_of)"
 PY_TAG="$("$VPY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
 WHEEL_DIR="$CACHE_ROOT/wheels/llama-cpp-python-$LLAMA_VERSION/$BACKEND-$CPU_KEY-$PY_TAG"
+JOBS="$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)"
 
 installed_ok() {
   "$VPY" - "$LLAMA_VERSION" <<'PY' >/dev/null 2>&1
@@ -125,32 +156,108 @@ assert md.version("llama-cpp-python") == sys.argv[1]
 import llama_cpp  # the shared library must load, not just the metadata exist
 PY
 }
+# A cache dir appears only by renaming a complete one into place (see build_llama), so this
+# checks for the pieces rather than their contents.
+cache_complete() {
+  ls "$WHEEL_DIR"/llama_cpp_python-*.whl >/dev/null 2>&1 && [ -d "$WHEEL_DIR/lib" ] || return 1
+  for t in "${TOOLS[@]}"; do [ -x "$WHEEL_DIR/bin/$t" ] || return 1; done
+}
+version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }
 
-WHEEL="$(ls "$WHEEL_DIR"/llama_cpp_python-*.whl 2>/dev/null | head -n1 || true)"
-if [ "$REBUILD" = 1 ] || [ -z "$WHEEL" ]; then
-  say "building llama-cpp-python $LLAMA_VERSION for $BACKEND (once; cached in $WHEEL_DIR). This compiles llama.cpp: a few minutes."
-  command -v cmake >/dev/null 2>&1 || warn "cmake not found on PATH: pip will fetch one for the build"
+# cmake >= 3.21 and ninja on PATH for both steps below. Otherwise pip's isolated build would
+# fetch its own, configure the tree with them and delete them, and the tools step could not
+# reuse that tree.
+build_tools_on_path() {
+  local have
+  have="$(cmake --version 2>/dev/null | sed -n '1s/[^0-9]*\([0-9.]*\).*/\1/p')"
+  if [ -n "$have" ] && version_ge "$have" 3.21 && command -v ninja >/dev/null 2>&1; then return 0; fi
+  say "fetching cmake and ninja for the build (none suitable on PATH)"
+  "$PY" -m venv "$BUILD_TMP/buildenv" || die "could not create a venv for cmake and ninja"
+  if ! "$BUILD_TMP/buildenv/bin/python" -m pip install -q --disable-pip-version-check cmake ninja >>"$LOG" 2>&1; then
+    tail -n 20 "$LOG" >&2; die "could not install cmake and ninja from PyPI (install them: apt install cmake ninja-build)"
+  fi
+  export PATH="$BUILD_TMP/buildenv/bin:$PATH"
+}
+
+# The wheel, then the tools from the same CMake build tree: reconfigured with the tools on,
+# only their own sources compile (llama, ggml and common are already built).
+BUILD_LOG="$WHEEL_DIR.log"  # one per cache key: installs in other checkouts may build at once
+build_failed() { tail -n 30 "$BUILD_LOG" >&2; die "$1 (full log: $BUILD_LOG)"; }
+build_llama() {
+  local src="$BUILD_TMP/llama_cpp_python-$LLAMA_VERSION" tree="$BUILD_TMP/build" t0 t1 f r
+  mkdir -p "$(dirname "$WHEEL_DIR")"; : > "$BUILD_LOG"
+  build_tools_on_path
+  { "${PIP[@]}" download --no-deps --no-binary :all: -d "$BUILD_TMP" "llama-cpp-python==$LLAMA_VERSION" \
+      && tar -xzf "$BUILD_TMP/llama_cpp_python-$LLAMA_VERSION.tar.gz" -C "$BUILD_TMP" && [ -d "$src" ]; } >>"$BUILD_LOG" 2>&1 \
+    || build_failed "downloading the llama-cpp-python $LLAMA_VERSION source failed"
+
+  t0=$(date +%s)
+  "${PIP[@]}" wheel --no-deps --no-cache-dir -w "$BUILD_TMP/dist" \
+      --config-settings=build-dir="$tree" "$src" >>"$BUILD_LOG" 2>&1 \
+    || build_failed "building llama-cpp-python failed; for a CPU-only build try ./install.sh --backend cpu"
+  t1=$(date +%s)
+  say "wheel built in $(( t1 - t0 )) s; now llama.cpp's tools from the same build"
+  { cmake -S "$src" -B "$tree" "${TOOLS_CMAKE[@]}" \
+      && cmake --build "$tree" -j "$JOBS" --target "${TOOLS[@]}"; } >>"$BUILD_LOG" 2>&1 \
+    || build_failed "building llama.cpp's tools (${TOOLS[*]}) failed"
+  say "tools built in $(( $(date +%s) - t1 )) s"
+
+  # into the cache under a temporary name, renamed when complete
+  local stage="$WHEEL_DIR.partial.$$" shipped
+  rm -rf "$stage"; mkdir -p "$stage/bin" "$stage/lib"
+  cp "$BUILD_TMP"/dist/llama_cpp_python-*.whl "$stage/"
+  for t in "${TOOLS[@]}"; do cp "$tree/bin/$t" "$stage/bin/"; done
+  # the tree's shared libraries that the wheel does not ship are the tools' own
+  shipped="$("$VPY" -c 'import sys, zipfile, os.path as p; print("\n".join(p.basename(n) for n in zipfile.ZipFile(sys.argv[1]).namelist() if "/lib/" in n))' "$stage"/llama_cpp_python-*.whl)"
+  for f in "$tree"/bin/lib*; do
+    case "$f" in *.so|*.so.*|*.dylib) ;; *) continue ;; esac
+    grep -qxF "$(basename "$f")" <<<"$shipped" || cp -P "$f" "$stage/lib/"
+  done
+  if [ "$OS" != Darwin ]; then
+    echo 'file(RPATH_SET FILE "${F}" NEW_RPATH "${R}")' > "$BUILD_TMP/rpath.cmake"  # CMake >= 3.21
+    for f in "$stage"/bin/* "$stage"/lib/*; do
+      [ -L "$f" ] && continue
+      case "$f" in "$stage"/bin/*) r="$ELF_RPATH_BIN" ;; *) r="$ELF_RPATH_LIB" ;; esac
+      cmake "-DF=$f" "-DR=$r" -P "$BUILD_TMP/rpath.cmake" >>"$BUILD_LOG" 2>&1 \
+        || build_failed "setting the runtime path of $(basename "$f") failed"
+    done
+  fi
+  rm -rf "$WHEEL_DIR"; mv "$stage" "$WHEEL_DIR"
+}
+
+if [ "$REBUILD" = 1 ] || ! cache_complete; then
+  say "building llama-cpp-python $LLAMA_VERSION and llama.cpp's tools for $BACKEND (once; cached in $WHEEL_DIR). This compiles llama.cpp: a few minutes."
   command -v cc >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1 || command -v clang >/dev/null 2>&1 \
     || die "no C/C++ compiler found: install one (apt install build-essential, or xcode-select --install)"
   BUILD_TMP="$(mktemp -d)"; trap 'rm -rf "$BUILD_TMP"' EXIT
   start=$(date +%s)
-  if ! "${PIP[@]}" wheel --no-deps --no-cache-dir -w "$BUILD_TMP" "llama-cpp-python==$LLAMA_VERSION" > "$BUILD_TMP/build.log" 2>&1; then
-    tail -n 30 "$BUILD_TMP/build.log" >&2
-    die "building llama-cpp-python failed (full log above); for a CPU-only build try ./install.sh --backend cpu"
-  fi
-  mkdir -p "$WHEEL_DIR"
-  built="$(ls "$BUILD_TMP"/llama_cpp_python-*.whl | head -n1)"
-  cp "$built" "$WHEEL_DIR/.partial" && mv "$WHEEL_DIR/.partial" "$WHEEL_DIR/$(basename "$built")"
-  WHEEL="$WHEEL_DIR/$(basename "$built")"
+  build_llama
   say "built in $(( $(date +%s) - start )) s"
 else
-  say "using cached llama-cpp-python wheel ($BACKEND): $WHEEL"
+  say "using cached llama-cpp-python wheel and tools ($BACKEND): $WHEEL_DIR"
 fi
-if ! installed_ok; then
+WHEEL="$(ls "$WHEEL_DIR"/llama_cpp_python-*.whl | head -n1)"
+# The tools must run against the libllama of this very build: a venv that holds another
+# build of the same version (another backend, an older cache) gets this one.
+WHEEL_ID="$(hash_of < "$WHEEL")"
+STAMP="$VENV/.r1local-wheel"
+if ! installed_ok || [ "$(cat "$STAMP" 2>/dev/null)" != "$WHEEL_ID" ]; then
   pip_quiet install --force-reinstall --no-deps "$WHEEL"
   pip_quiet install "$WHEEL"  # its own small dependencies (numpy, jinja2, ...)
+  printf '%s\n' "$WHEEL_ID" > "$STAMP"
 fi
 installed_ok || die "llama-cpp-python from $WHEEL does not import: run ./install.sh --rebuild"
+rm -rf "$TOOL_LIB"; mkdir -p "$TOOL_LIB"
+if compgen -G "$WHEEL_DIR/lib/*" >/dev/null; then cp -P "$WHEEL_DIR"/lib/* "$TOOL_LIB/"; fi
+for t in "${TOOLS[@]}"; do
+  # copied beside, then renamed: cp onto a running binary fails ("text file busy")
+  cp "$WHEEL_DIR/bin/$t" "$VENV/bin/.$t.new" && mv -f "$VENV/bin/.$t.new" "$VENV/bin/$t"
+  # each prints its usage once its libraries load (some exit 1 after it)
+  case "$("$VENV/bin/$t" --help 2>&1 || true)" in *[Uu]sage*) ;; *)
+    die "$VENV/bin/$t does not run (its llama.cpp libraries did not load): run ./install.sh --rebuild" ;; esac
+done
+# tells the tests that these tools belong here, so their absence is a failure, not a skip
+printf '%s\n' "${TOOLS[@]}" > "$VENV/.r1local-tools"
 
 # --- r1local itself --------------------------------------------------------------------
 if [ "$DEV" = 1 ]; then

@@ -19,7 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output GGUF file (default: <source name>-<TYPE>.gguf here)")
     parser.add_argument("--threads", type=int, metavar="N", help="threads for llama.cpp's quantizer")
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
-    parser.add_argument("--imatrix", metavar="FILE", help="importance matrix for the IQ1/IQ2/IQ3 types")
+    parser.add_argument("--imatrix", metavar="FILE",
+                        help="importance matrix from llama-imatrix: needed by the IQ1/IQ2/IQ3 types, "
+                             "improves the K-quants")
     parser.add_argument("--revision", metavar="REV", help="hub revision (branch, tag or commit)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 

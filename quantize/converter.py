@@ -24,8 +24,9 @@ from quantize import __version__
 from quantize.archs import for_config
 from quantize.checkpoint import Checkpoint
 from quantize.errors import ConvertError
+from quantize.imatrix import imatrix_entries
 from quantize.kernels import Unrepresentable, encode, encoded_size
-from quantize.llamaquant import quantize_file
+from quantize.llamaquant import quantize_file, require_tool
 from quantize.progress import phase
 from quantize.quants import (IMATRIX_QUANTS, LLAMA_QUANTS, QUANTIZATION_VERSION, STREAMED,
                              SUPPORTED_QUANTS, bits_per_weight, canonical)
@@ -52,8 +53,18 @@ def convert(src: str | Path, out: str | Path, quant: str = "F16", *, threads: in
     if wanted in IMATRIX_QUANTS and imatrix_path is None:
         raise ConvertError(f"{wanted} needs an importance matrix (--imatrix FILE); types that work "
                            f"without one: {', '.join([*STREAMED, *LLAMA_QUANTS])}")
-    if imatrix_path is not None and not imatrix_path.is_file():
-        raise ConvertError(f"importance matrix {imatrix_path} does not exist")
+    imatrix_names: set[str] | None = None
+    if imatrix_path is not None:
+        if not imatrix_path.exists():
+            raise ConvertError(f"importance matrix {imatrix_path} does not exist")
+        if not imatrix_path.is_file():
+            raise ConvertError(f"importance matrix {imatrix_path} is not a file")
+        if wanted in STREAMED:
+            raise ConvertError(f"--imatrix does not apply to {wanted} (written without quantizing); "
+                               "use it with a llama.cpp type such as IQ2_XXS or Q4_K_M")
+        # whatever can fail is checked before the long F16 pass, not after it
+        require_tool()
+        imatrix_names = imatrix_entries(imatrix_path)
     out = Path(out)
     if out.exists() and not force:
         raise ConvertError(f"{out} already exists: pass --force to overwrite it")
@@ -65,6 +76,9 @@ def convert(src: str | Path, out: str | Path, quant: str = "F16", *, threads: in
     arch = for_config(ckpt.config)
     vocab = read_vocab(folder, ckpt.config.get("vocab_size"))
     jobs = arch.jobs(list(ckpt.entries), ckpt.shape)
+    if imatrix_names is not None and not imatrix_names & {j.gguf_name for j in jobs}:
+        raise ConvertError(f"importance matrix {imatrix_path} has no entry for any weight of this "
+                           "model: make it with llama-imatrix from this same model (its F16 GGUF)")
 
     streamed = wanted in STREAMED
     target = wanted if streamed else ("BF16" if ckpt.source_dtype() in ("BF16", "F8_E4M3") else "F16")

@@ -1,26 +1,95 @@
-"""The bridge to llama.cpp's own quantizer (llama_model_quantize) for K and IQ types."""
+"""The bridge to llama.cpp's own quantizer for K and IQ types.
+
+Without an importance matrix the binding's llama_model_quantize does the work in this
+process. With one, llama.cpp's llama-quantize tool does: the binding could pass the matrix
+as a C array, but reading both file layouts, normalising the sums by their counts and
+recording the quantize.imatrix.* provenance keys are the tool's own code, not the library's.
+install.sh builds the tool from the wheel's llama.cpp source and puts it in the venv's bin.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import subprocess
+import sys
+import sysconfig
 import threading
 from pathlib import Path
 
 from quantize.errors import ConvertError
 from quantize.progress import phase
 
+TOOL = "llama-quantize"
+
+
+def _venv_bins() -> list[str]:
+    # not resolved: a venv's python is a link to the base interpreter, the tools sit in the venv
+    dirs = [sysconfig.get_path("scripts"), str(Path(sys.executable).parent)]
+    return list(dict.fromkeys(d for d in dirs if d))
+
+
+def find_tool(name: str = TOOL) -> Path | None:
+    """``name`` in the running Python's bin first (built with our llama-cpp-python), then on PATH."""
+    for d in _venv_bins():
+        found = shutil.which(name, path=d)
+        if found:
+            return Path(found)
+    found = shutil.which(name)
+    return Path(found) if found else None
+
+
+def require_tool(name: str = TOOL) -> Path:
+    tool = find_tool(name)
+    if tool is None:
+        raise ConvertError(f"--imatrix needs llama.cpp's {name}, found neither in "
+                           f"{' nor '.join(_venv_bins())} nor on PATH: run ./install.sh (it builds "
+                           f"{name} into the venv), or put llama.cpp's {name} on PATH")
+    return tool
+
+
+class _Child:
+    """The tool's process, killable from the main thread at any moment, even before it starts."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._cancelled = False
+
+    def start(self, cmd: list[str]) -> subprocess.Popen:
+        with self._lock:
+            if self._cancelled:
+                raise KeyboardInterrupt
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT)
+            return self._proc
+
+    def kill(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            # gone before the caller deletes the partial output, so nothing re-creates it
+            proc.wait()
+
 
 def quantize_file(src: Path, dst: Path, quant: str, *, threads: int | None, expected: int,
                   imatrix: Path | None, progress: bool) -> None:
-    """``src`` (F16/BF16 GGUF) -> ``dst`` at ``quant``; progress follows the output's growth."""
+    """``src`` (F16/BF16 GGUF) -> ``dst`` at ``quant``; progress follows the output's growth.
+    ``dst`` should be a temporary name: the caller renames it once this returns."""
     done = threading.Event()
-    result: dict[str, object] = {}
+    result: dict[str, BaseException] = {}
+    child = _Child()
 
     def work() -> None:
         try:
-            result["rc"] = _run(src, dst, quant, threads, imatrix)
+            if imatrix is None:
+                _in_process(src, dst, quant, threads)
+            else:
+                _with_tool(src, dst, quant, threads, imatrix, child)
         except BaseException as err:  # reported on the calling thread
             result["err"] = err
         finally:
@@ -30,32 +99,79 @@ def quantize_file(src: Path, dst: Path, quant: str, *, threads: int | None, expe
     with phase(f"quantizing to {quant}", expected, progress) as advance:
         thread.start()
         seen = 0
-        while not done.wait(0.25):
-            size = dst.stat().st_size if dst.exists() else 0
-            if size > seen:
-                advance(min(size, expected) - min(seen, expected))
-                seen = size
+        try:
+            while not done.wait(0.25):
+                size = dst.stat().st_size if dst.exists() else 0
+                if size > seen:
+                    advance(min(size, expected) - min(seen, expected))
+                    seen = size
+        except BaseException:
+            child.kill()  # interrupted: the tool must not go on writing behind us
+            raise
     thread.join()
     if "err" in result:
-        raise result["err"]  # type: ignore[misc]
-    if result.get("rc") != 0:
-        raise ConvertError(f"llama.cpp's quantizer failed on {quant} (code {result.get('rc')}); "
-                           "see the messages above")
+        raise result["err"]
 
 
-def _run(src: Path, dst: Path, quant: str, threads: int | None, imatrix: Path | None) -> int:
-    if imatrix is not None:
-        # llama_model_quantize takes the importance matrix as a C++ map that Python cannot build:
-        # hand the job to llama.cpp's own llama-quantize tool
-        tool = shutil.which("llama-quantize")
-        if tool is None:
-            raise ConvertError("--imatrix needs llama.cpp's llama-quantize tool on PATH (the Python "
-                               "binding cannot pass an importance matrix): build llama.cpp's tools")
-        cmd = [tool, "--imatrix", str(imatrix), str(src), str(dst), quant, str(threads or os.cpu_count() or 1)]
-        return subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode
+def _in_process(src: Path, dst: Path, quant: str, threads: int | None) -> None:
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant}")
     params.nthread = threads or os.cpu_count() or 1
-    return int(llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params))
+    rc = int(llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params))
+    if rc != 0:
+        raise ConvertError(f"llama.cpp's quantizer failed on {quant} (code {rc}); see the messages above")
+
+
+def _with_tool(src: Path, dst: Path, quant: str, threads: int | None, imatrix: Path,
+               child: _Child) -> None:
+    tool = require_tool()
+    # usage: llama-quantize [options] INPUT OUTPUT TYPE [THREADS]
+    cmd = [str(tool), "--imatrix", str(imatrix), str(src), str(dst), quant,
+           str(threads or os.cpu_count() or 1)]
+    try:
+        proc = child.start(cmd)
+    except OSError as err:
+        raise ConvertError(f"cannot run {tool}: {err.strerror or err}: run ./install.sh again") from None
+    # its log is kept for the error message only: on success the progress bar says enough
+    out, _ = proc.communicate()
+    if proc.returncode == 0 and dst.is_file():
+        return
+    log = out.decode("utf-8", "replace")
+    if proc.returncode < 0:
+        try:
+            how = f"was killed by {signal.Signals(-proc.returncode).name}"
+        except ValueError:
+            how = f"was killed by signal {-proc.returncode}"
+    else:
+        how = f"failed (exit code {proc.returncode})"
+    reason = failure_reason(log)
+    if len(reason) > 240:  # one readable line, whatever the tool printed
+        reason = reason[:237] + "..."
+    hint = ("; make the importance matrix with llama-imatrix from this same model"
+            if "imatrix" in reason.lower() or "importance matrix" in reason.lower() else "")
+    raise ConvertError(f"{tool.name} {how} making {quant}: {reason or 'no message'}{hint}")
+
+
+# what llama-quantize prints when it gives up, most telling first
+_REASONS = (
+    re.compile(r"failed to quantize: (.+)"),
+    re.compile(r"(failed to load imatrix from .+)"),
+    re.compile(r"(missing imatrix metadata.*)"),
+    re.compile(r"((?:invalid|missing) (?:ftype|nthread).*)"),
+    re.compile(r"(error: .+)", re.IGNORECASE),
+    re.compile(r"(.*(?:failed|error).*)", re.IGNORECASE),
+)
+
+
+def failure_reason(log: str) -> str:
+    """The one line of a llama-quantize log that says why it failed ('' if none)."""
+    lines = [ln.strip(" =\t") for ln in log.splitlines()]
+    lines = [ln for ln in lines if ln]
+    for pattern in _REASONS:
+        for line in lines:
+            m = pattern.search(line)
+            if m:
+                return m.group(1).strip().rstrip(".")
+    return lines[-1] if lines else ""

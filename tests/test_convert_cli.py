@@ -108,7 +108,8 @@ def test_bad_checkpoints(ckpt, tmp_path, kind, needles):
 
 @pytest.mark.parametrize("args,needles", [
     (["--quant", "Q4_K_X"], ["Q4_K_X", "Q4_K_M", "Q8_0", "F16"]),
-    (["--quant", "IQ2_XXS"], ["IQ2_XXS", "--imatrix", "Q4_K_M"]),
+    (["--quant", "IQ2_XXS"], ["IQ2_XXS", "--imatrix", "without one", "F16", "Q8_0", "Q4_K_M", "IQ4_XS"]),
+    (["--quant", "iq1_s"], ["IQ1_S", "--imatrix", "without one", "Q4_K_M"]),
     (["--quant", "F16", "--threads", "0"], ["--threads"]),
 ])
 def test_bad_options(ckpt, tmp_path, args, needles):
