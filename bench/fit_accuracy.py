@@ -5,7 +5,8 @@ attention, threads, batch), evaluates a full micro-batch prompt and decodes a fe
 then reads the process's resident set. Measured = RSS then minus the RSS of the same
 process before loading (python + llama_cpp imported). Predicted = Plan.rss_bytes (what the
 planner expects resident, reclaimable mapped pages included). GPU memory is read through
-NVML where a GPU is present. Target: |error| <= 10% in every row.
+NVML where a GPU is present. Target: |error| <= 10% in every row. Decode speed is the
+median of single-token steps after a few warm-up steps, next to the planner's range.
 
     .venv/bin/python bench/fit_accuracy.py            # prints the table, writes bench/results/fit_accuracy.md
 """

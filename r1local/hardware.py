@@ -93,9 +93,12 @@ def metal_working_set(ram: int) -> int:
     return int(ram * (0.75 if ram > 36 * GiB else 2 / 3))
 
 # Memory bandwidth ranges (bytes/s) by kind: decode speed is bandwidth / bytes per token.
-# Desktop dual-channel DDR4 ~ 25-50 GB/s; DDR5 / servers higher. Apple unified 100-800.
-CPU_BANDWIDTH_PER_CORE = 6e9   # a few cores already saturate a desktop's memory bus
-CPU_BANDWIDTH_RANGE = (15e9, 60e9)
+# One DDR4-3200 channel is 25.6 GB/s, dual-channel DDR5 ~ 60-90; servers more; Apple
+# unified 100-800. With few cores the cores are the limit: llama.cpp's decode streamed
+# 14-18 GB/s on one Zen core and 26-28 GB/s on two (bench/fit_accuracy.py), i.e. ~20 GB/s
+# raw per core at the planner's CPU efficiency.
+CPU_BANDWIDTH_PER_CORE = 20e9
+CPU_BANDWIDTH_RANGE = (25e9, 60e9)
 GPU_BANDWIDTH_DEFAULT = (300e9, 900e9)
 GPU_BANDWIDTH_BY_NAME = [  # (substring of the name, low, high)
     ("h200", 4.0e12, 4.8e12), ("h100", 2.0e12, 3.35e12), ("a100", 1.5e12, 2.0e12),
@@ -382,7 +385,7 @@ def _cpu_bandwidth(physical_cores: int) -> tuple[float, float]:
     low, high = CPU_BANDWIDTH_RANGE
     # fewer cores than it takes to saturate the bus: the cores are the limit
     cap = physical_cores * CPU_BANDWIDTH_PER_CORE
-    return (min(low, cap * 0.5), min(high, cap))
+    return (min(low, cap), min(high, cap))
 
 
 def _offload_note(gpus: Sequence[GPU], offload: bool | None) -> str:

@@ -97,6 +97,20 @@ def test_a_plan_that_does_not_fit_still_fills_the_gpu_for_force(catalog):
     assert not cpu_only.fits and cpu_only.n_gpu_layers == 0
 
 
+def test_a_quant_too_slow_to_use_gives_way_to_a_smaller_one_of_the_same_variant(catalog):
+    """24 GB, 2 cores: 14b fits at Q8_0 but would crawl; rather than drop to 8b, take the
+    best 14b quant that decodes at MIN_TOK_S (middle of its range), and say why."""
+    from r1local.planner import MIN_TOK_S
+
+    m = hypothetical(24 * G, cores=2)
+    rec = recommend(catalog, m)
+    best = choose_quant(catalog.resolve(rec.model).variant, m)
+    assert rec.model == "14b" and best.quant == "Q8_0"
+    assert best.tok_s_typical < MIN_TOK_S <= rec.tok_s_typical
+    assert rec.quant != best.quant and f"{best.quant} would fit too" in rec.reason
+    _within(rec, m)
+
+
 def test_two_gpus_hold_what_one_cannot(catalog):
     v = catalog.resolve("70b").variant
     one = plan_variant(v, "Q4_K_M", hypothetical(128 * G, 24 * G), n_ctx=8192)
