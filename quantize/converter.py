@@ -71,7 +71,7 @@ def convert(src: str | Path, out: str | Path, quant: str = "F16", *, threads: in
     if out.is_dir():
         raise ConvertError(f"{out} is a folder: give the output file name")
 
-    folder, source, resolved_rev = _resolve_source(src, revision)
+    folder, source, resolved_rev = _resolve_source(src, revision, progress)
     ckpt = Checkpoint(folder)
     arch = for_config(ckpt.config)
     vocab = read_vocab(folder, ckpt.config.get("vocab_size"))
@@ -220,7 +220,8 @@ def _metadata(arch, vocab, config: dict, source: str, revision: str | None, file
     return kvs + arch.metadata() + vocab.metadata()
 
 
-def _resolve_source(src: str | Path, revision: str | None) -> tuple[Path, str, str | None]:
+def _resolve_source(src: str | Path, revision: str | None,
+                    progress: bool = True) -> tuple[Path, str, str | None]:
     """(local folder, how the source is named in the provenance, revision).
 
     A hub repo id is fetched into the Hugging Face cache, but only what a conversion reads:
@@ -252,8 +253,8 @@ def _resolve_source(src: str | Path, revision: str | None) -> tuple[Path, str, s
         return Path(snapshot_download(repo, revision=rev, allow_patterns=allow,
                                       ignore_patterns=ignore))
 
-    # huggingface-hub's bars are many lines of noise in a log or a pipe
-    quiet = not sys.stderr.isatty() and not are_progress_bars_disabled()
+    # huggingface-hub's bars: off with --no-progress, and in a log or a pipe (lines of noise)
+    quiet = (not progress or not sys.stderr.isatty()) and not are_progress_bars_disabled()
     if quiet:
         disable_progress_bars()
     try:
