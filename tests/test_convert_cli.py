@@ -32,7 +32,8 @@ def ckpt(tmp_path) -> Path:
     return dst
 
 
-def _assert_one_line_error(proc: subprocess.CompletedProcess, out_dir: Path, *needles: str) -> None:
+def _assert_one_line_error(proc: subprocess.CompletedProcess, out_dir: Path, *needles: str) -> str:
+    """One error line holding every needle, no traceback, and no output left behind."""
     assert proc.returncode != 0
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, proc.stderr
@@ -40,6 +41,7 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess, out_dir: Path, *ne
     for n in needles:
         assert n in lines[0], lines[0]
     assert not [p for p in out_dir.rglob("*") if p.name.endswith((".gguf", ".partial"))]
+    return lines[0]
 
 
 def test_convert_q4_k_m_through_r1local(ckpt, tmp_path):

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import hf_checkpoints as hfc
+from test_convert_cli import _assert_one_line_error
 
 from quantize.llamaquant import find_tool
 
@@ -43,17 +44,6 @@ def _cli(*args: str, env: dict | None = None, python: list[str] | None = None) -
     cmd = [*(python or [sys.executable, "-m", "r1local"]), "convert", *args]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
-
-
-def _assert_one_line_error(proc: subprocess.CompletedProcess, out_dir: Path, *needles: str) -> str:
-    assert proc.returncode != 0
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    assert not [p for p in out_dir.rglob("*") if p.name.endswith((".gguf", ".partial"))]
-    return lines[0]
 
 
 def _imatrix(model: Path, text: str, out: Path, *extra: str) -> Path:
