@@ -126,6 +126,7 @@ class Engine:
     def __init__(self) -> None:  # use Engine.load
         self.last_stats = None
         self._llm: Any = None
+        self._one: Any = None  # the single-token batch of the decode loop
 
     # ---- loading ---------------------------------------------------------------------
 
@@ -201,7 +202,35 @@ class Engine:
         think_ids = llm.tokenize(THINK_OPEN.encode(), add_bos=False, special=True)
         self.is_reasoning = THINK_OPEN in self.chat_template or len(think_ids) == 1
 
+    def _decode_one(self, token: int) -> None:
+        """llm.eval([token]) without its per-call cache trim and Python batch fill: one
+        reused single-token batch straight to llama_decode, and the same bookkeeping
+        (input_ids, n_tokens) that eval keeps, so prefix reuse sees the token."""
+        import llama_cpp
+
+        llm = self._llm
+        b = self._one
+        if b is None:
+            b = self._one = llama_cpp.llama_batch_init(1, 0, 1)
+            b.n_tokens = 1
+            b.n_seq_id[0] = 1
+            b.seq_id[0][0] = 0
+            b.logits[0] = True
+        pos = llm.n_tokens
+        b.token[0] = token
+        b.pos[0] = pos
+        rc = llama_cpp.llama_decode(llm._ctx.ctx, b)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc}")
+        llm.input_ids[pos] = token
+        llm.n_tokens = pos + 1
+
     def close(self) -> None:
+        if self._one is not None:
+            import llama_cpp
+
+            llama_cpp.llama_batch_free(self._one)
+            self._one = None
         if self._llm is not None:
             self._llm.close()
             self._llm = None
@@ -383,7 +412,10 @@ class Engine:
                         stats.forced_answer = True
                         if guard is not None:
                             guard.reset()
-                llm.eval(inject_now)
+                if len(inject_now) == 1:
+                    self._decode_one(inject_now[0])
+                else:
+                    llm.eval(inject_now)
             tail = decoder.decode(b"", final=True)
             chunks = (splitter.feed(tail) + splitter.flush()) if splitter is not None else [Chunk(ANSWER, tail)]
             yield from emit(chunks)
