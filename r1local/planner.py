@@ -552,20 +552,26 @@ def plan_shape(shape: ModelShape, machine: "Machine", *, n_ctx: int | None = Non
     n_gpus = max(1, len(machine.usable_gpus))
     L = shape.n_layers
 
+    def gpu_layers(ctx: int) -> tuple[int, _Split]:
+        """The layers for the GPU at this context, RAM aside: the ones asked for, else as
+        many as the VRAM takes. A plan that does not fit keeps them too, so that `run
+        --force` on a GPU machine does not land the whole model in RAM."""
+        if not machine.usable_gpus:
+            g = 0
+        elif n_gpu_layers is not None:
+            g = max(0, min(n_gpu_layers, L + 1))
+        else:
+            for g in range(L + 1, 0, -1):  # few dozen layers: a linear scan is cheap
+                s = _split(shape, g, ctx, kv_type, flash, n_gpus, unified)
+                if s.vram <= vram_b:
+                    return g, s
+            g = 0
+        return g, _split(shape, g, ctx, kv_type, flash, n_gpus, unified)
+
     def best_layers(ctx: int) -> tuple[int, _Split] | None:
         """The most layers on the GPU that fit at this context (None: nothing fits)."""
-        if n_gpu_layers is not None:
-            g = max(0, min(n_gpu_layers, L + 1)) if machine.usable_gpus else 0
-            s = _split(shape, g, ctx, kv_type, flash, n_gpus, unified)
-            return (g, s) if _fits(s, ram_b, vram_b, unified) else None
-        if not machine.usable_gpus:
-            s = _split(shape, 0, ctx, kv_type, flash, n_gpus, unified)
-            return (0, s) if _fits(s, ram_b, vram_b, unified) else None
-        for g in range(L + 1, -1, -1):  # few dozen layers: a linear scan is cheap
-            s = _split(shape, g, ctx, kv_type, flash, n_gpus, unified)
-            if s.vram <= vram_b:
-                return (g, s) if _fits(s, ram_b, vram_b, unified) else None
-        return None
+        g, s = gpu_layers(ctx)
+        return (g, s) if _fits(s, ram_b, vram_b, unified) else None
 
     ctx_cap = min(shape.ctx_train or MAX_AUTO_CTX, MAX_AUTO_CTX)
     chosen: tuple[int, int, _Split] | None = None
@@ -607,8 +613,7 @@ def plan_shape(shape: ModelShape, machine: "Machine", *, n_ctx: int | None = Non
                       f"{_fmt(vram_b)} it may use")
         return Plan(
             model=shape.model, quant=shape.quant, arch=shape.arch, n_layers=L,
-            n_gpu_layers=_forced_layers(shape, machine, n_gpu_layers, ctx, kv_type, flash,
-                                        n_gpus, unified, vram_b), n_ctx=ctx, n_threads=n_threads, n_batch=N_BATCH,
+            n_gpu_layers=gpu_layers(ctx)[0], n_ctx=ctx, n_threads=n_threads, n_batch=N_BATCH,
             n_ubatch=N_UBATCH, flash_attn=flash, kv_type=kv_type, use_mmap=True,
             weights_bytes=shape.weights_bytes, kv_bytes=s.kv_ram + s.kv_vram,
             compute_bytes=s.compute_ram + s.compute_vram, overhead_bytes=overhead_bytes(shape),
@@ -637,22 +642,6 @@ def plan_shape(shape: ModelShape, machine: "Machine", *, n_ctx: int | None = Non
         overhead_bytes=overhead_bytes(shape), ram_bytes=s.ram, vram_bytes=s.vram,
         verdict=verdict, tok_s_low=low, tok_s_high=high, reason=reason, repack_bytes=s.repack,
         rss_bytes=s.rss, ram_budget=ram_b, vram_budget=vram_b)
-
-
-def _forced_layers(shape: ModelShape, machine: "Machine", n_gpu_layers: int | None, ctx: int,
-                   kv_type: str, flash: bool, n_gpus: int, unified: bool, vram_b: int) -> int:
-    """For a plan that does not fit, the layers `run --force` should still put on the GPU:
-    the ones asked for, else as many as the VRAM takes, so that RAM runs out as late as
-    possible instead of the whole model landing in it."""
-    if not machine.usable_gpus:
-        return 0
-    L = shape.n_layers
-    if n_gpu_layers is not None:
-        return max(0, min(n_gpu_layers, L + 1))
-    for g in range(L + 1, 0, -1):
-        if _split(shape, g, ctx, kv_type, flash, n_gpus, unified).vram <= vram_b:
-            return g
-    return 0
 
 
 # ---------------------------------------------------------------------------
@@ -693,11 +682,13 @@ def _better(a: Plan, b: Plan) -> bool:
     return (order[a.verdict], a.n_ctx >= USEFUL_CTX) > (order[b.verdict], b.n_ctx >= USEFUL_CTX)
 
 
-def choose_quant(variant: "Variant", machine: "Machine") -> Plan:
+def choose_quant(variant: "Variant", machine: "Machine", *, min_tok_s: float = 0.0) -> Plan:
     """The best quant of one variant that fits with a useful context.
 
     Best = highest quality that still runs at least as well (all-GPU beats partial beats
-    CPU) as the next quant down would, with a context of at least 8192 where possible."""
+    CPU) as the next quant down would, with a context of at least 8192 where possible.
+    Where that would decode slower than ``min_tok_s`` (the middle of its range), the best
+    of the smaller ones that does not, if any."""
     plans = [plan_variant(variant, q, machine) for q in candidate_quants(variant)]
     fitting = [p for p in plans if p.fits and p.n_ctx >= min(USEFUL_CTX, variant.arch.context_length)]
     fitting = fitting or [p for p in plans if p.fits]
@@ -710,6 +701,13 @@ def choose_quant(variant: "Variant", machine: "Machine") -> Plan:
         if best.verdict == "partial" and p.verdict == "gpu" and quant_rank(p.quant) <= quant_rank("Q4_K_M"):
             best = p
             break
+    if best.tok_s_typical < min_tok_s:
+        below = good[good.index(best) + 1:]
+        quicker = next((p for p in below if p.tok_s_typical >= min_tok_s), None)
+        if quicker is not None:
+            return replace(quicker, reason=(
+                f"{quicker.reason}; {best.quant} would fit too but decode at only "
+                f"~{best.tok_s_low:.1f}-{best.tok_s_high:.1f} tok/s"))
     return best
 
 
@@ -721,10 +719,10 @@ def recommend(catalog: "Catalog", machine: "Machine", *, min_tok_s: float = MIN_
     """The largest variant that fits (at a recommendable quant and a useful context), then
     its best quant, then the longest useful context. Where that quant would decode slower
     than ``min_tok_s`` (judged by the middle of its range) a smaller recommendable quant of
-    the same variant is taken, and failing that the next smaller variant."""
+    the same variant is taken (choose_quant), and failing that the next smaller variant."""
     picks: list[tuple["Variant", Plan]] = []
     for v in _sizes(catalog):
-        p = choose_quant(v, machine)
+        p = choose_quant(v, machine, min_tok_s=min_tok_s)
         if p.fits and acceptable(v, p.quant) and p.n_ctx >= min(USEFUL_CTX, v.arch.context_length):
             picks.append((v, p))
     if not picks:  # nothing at a useful context: the smallest that fits at all
@@ -737,12 +735,6 @@ def recommend(catalog: "Catalog", machine: "Machine", *, min_tok_s: float = MIN_
         return replace(p, reason=f"nothing fits: even {smallest.tag} {p.reason}")
     largest_v, largest = picks[-1]
     for v, p in reversed(picks):
-        if p.tok_s_typical < min_tok_s:  # a smaller quant of the same variant may be quick enough
-            quicker = _quicker_quant(v, machine, p, min_tok_s)
-            if quicker is not None:
-                p = replace(quicker, reason=(
-                    f"{quicker.reason}; {p.quant} would fit too but decode at only "
-                    f"~{p.tok_s_low:.1f}-{p.tok_s_high:.1f} tok/s"))
         if p.tok_s_typical >= min_tok_s:
             if v is not largest_v:
                 return replace(p, reason=(
@@ -750,22 +742,6 @@ def recommend(catalog: "Catalog", machine: "Machine", *, min_tok_s: float = MIN_
                     f"~{largest.tok_s_low:.1f}-{largest.tok_s_high:.1f} tok/s"))
             return p
     return largest
-
-
-def _quicker_quant(variant: "Variant", machine: "Machine", best: Plan,
-                   min_tok_s: float) -> Plan | None:
-    """The best quant below ``best`` that is still recommendable, fits with a useful
-    context and decodes at ``min_tok_s`` or more (None: there is none)."""
-    below = candidate_quants(variant)
-    below = below[below.index(best.quant) + 1:] if best.quant in below else []
-    for q in below:
-        if not acceptable(variant, q):
-            continue
-        p = plan_variant(variant, q, machine)
-        if (p.fits and p.n_ctx >= min(USEFUL_CTX, variant.arch.context_length)
-                and p.tok_s_typical >= min_tok_s):
-            return p
-    return None
 
 
 def common_quants(variant: "Variant") -> list[str]:
