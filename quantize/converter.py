@@ -182,8 +182,9 @@ class _Blocks:
         if job.transform is not None:  # row moves: the same on stored values as on floats
             block = job.transform(block)
         out = self.free.get()
-        if out.size < encoded_size(block.size, slot.ggml):
-            out = np.empty(encoded_size(block.size, slot.ggml), np.uint8)
+        need = encoded_size(block.size, slot.ggml)
+        if out.size < need:
+            out = np.empty(need, np.uint8)
         try:
             return encode(block, slot.ggml, stored, out=out), out, nbytes
         except Unrepresentable as err:

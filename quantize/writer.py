@@ -7,6 +7,7 @@ they are converted: nothing bigger than one row block is ever held in memory.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from quantize.formats import GGML_TYPES
+from quantize.kernels import encoded_size
 
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSION = 3
@@ -43,11 +45,7 @@ class TensorSlot:
 
     @property
     def nbytes(self) -> int:
-        _, block, size = GGML_TYPES[self.ggml]
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n // block * size
+        return encoded_size(math.prod(self.shape), self.ggml)
 
 
 def _string(s: str) -> bytes:
