@@ -22,6 +22,16 @@ from quantize.formats import FP8_BLOCK, FP8_E4M3, SAFETENSORS_DTYPES
 from quantize.kernels import encode
 
 INDEX_NAME = "model.safetensors.index.json"
+# Every file of a hub checkpoint a conversion reads, besides the weights themselves (the index
+# names those; without an index, every top-level *.safetensors). The one list for both ways a
+# checkpoint is downloaded: `quantize` of a repo id, and r1local's `pull --from-source`.
+CHECKPOINT_FILES = (
+    "config.json",  # the architecture and its sizes (archs/)
+    INDEX_NAME,  # which shard holds each tensor
+    "tokenizer.json",  # vocabulary, merges, added tokens, pre-tokenizer (vocab.py)
+    "tokenizer_config.json",  # special tokens, add_bos/add_eos, the chat template if inline
+    "chat_template.jinja",  # the chat template where transformers >= 4.49 saves it apart
+)
 SCALE_SUFFIX = "_scale_inv"  # "x.weight" is scaled by "x.weight_scale_inv"
 
 

@@ -22,8 +22,9 @@ import numpy as np
 
 from quantize import __version__
 from quantize.archs import for_config
-from quantize.checkpoint import Checkpoint
+from quantize.checkpoint import CHECKPOINT_FILES, INDEX_NAME, Checkpoint
 from quantize.errors import ConvertError
+from quantize.formats import STRING, UINT32
 from quantize.imatrix import imatrix_entries
 from quantize.kernels import Unrepresentable, encode, encoded_size
 from quantize.llamaquant import quantize_file, require_tool
@@ -31,14 +32,10 @@ from quantize.progress import phase
 from quantize.quants import (IMATRIX_QUANTS, LLAMA_QUANTS, QUANTIZATION_VERSION, STREAMED,
                              SUPPORTED_QUANTS, bits_per_weight, canonical)
 from quantize.vocab import read_vocab
-from quantize.writer import STRING, UINT32, KV, GGUFStreamWriter, TensorSlot
+from quantize.writer import KV, GGUFStreamWriter, TensorSlot
 
 BLOCK_BYTES = 16 << 20  # float32 bytes per row block (FP8 is decoded to it): bounds memory
 DISK_MARGIN = 64 << 20
-# what a conversion reads of a hub repo besides the weights (picked from the index: see
-# _resolve_source)
-HUB_FILES = ["config.json", "generation_config.json", "model.safetensors.index.json",
-             "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -259,10 +256,10 @@ def _resolve_source(src: str | Path, revision: str | None,
     if quiet:
         disable_progress_bars()
     try:
-        local = fetch(revision, HUB_FILES)
+        local = fetch(revision, list(CHECKPOINT_FILES))
         # the second fetch names the commit the first one got, so both see the same files
         commit = local.name if re.fullmatch(r"[0-9a-f]{40}", local.name) else revision
-        index = local / "model.safetensors.index.json"
+        index = local / INDEX_NAME
         if index.is_file():
             try:
                 shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))

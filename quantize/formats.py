@@ -8,6 +8,7 @@ which llama.cpp's own quantizer uses, so our output is byte for byte what llama.
 from __future__ import annotations
 
 import numpy as np
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 # --- what a safetensors file may hold: dtype name -> numpy dtype of the stored bytes ---------
 # (BF16 has no numpy type: its raw bits are read as uint16)
@@ -16,11 +17,22 @@ SAFETENSORS_DTYPES: dict[str, np.dtype] = {
     "F8_E4M3": np.dtype(np.uint8),
 }
 
-# --- GGUF tensor types: name -> (ggml type id, values per block, bytes per block) --------------
+# --- GGUF tensor types we write: name -> (ggml type id, values per block, bytes per block) --
+# The ids and block sizes are gguf-py's (llama.cpp's own tables), not typed in again here.
 QK8_0 = 32  # Q8_0 values per block
 Q8_0_BYTES = 2 + QK8_0  # f16 scale, then the int8 values
 GGML_TYPES: dict[str, tuple[int, int, int]] = {
-    "F32": (0, 1, 4), "F16": (1, 1, 2), "Q8_0": (8, QK8_0, Q8_0_BYTES), "BF16": (30, 1, 2),
+    name: (GGMLQuantizationType[name].value, *GGML_QUANT_SIZES[GGMLQuantizationType[name]])
+    for name in ("F32", "F16", "Q8_0", "BF16")
+}
+assert GGML_TYPES["Q8_0"][1:] == (QK8_0, Q8_0_BYTES)
+
+# --- GGUF metadata value types: the ids the file format gives them ---------------------------
+UINT8, INT8, UINT16, INT16, UINT32, INT32, FLOAT32, BOOL, STRING, ARRAY, UINT64, INT64, FLOAT64 = range(13)
+# the fixed-size ones -> their little-endian struct format (STRING and ARRAY have a length)
+GGUF_SCALAR_FORMATS: dict[int, str] = {
+    UINT8: "<B", INT8: "<b", UINT16: "<H", INT16: "<h", UINT32: "<I", INT32: "<i",
+    FLOAT32: "<f", BOOL: "<?", UINT64: "<Q", INT64: "<q", FLOAT64: "<d",
 }
 
 # --- float32 bit patterns ------------------------------------------------------------------

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from quantize.errors import ConvertError
+from quantize.formats import ARRAY, BOOL, INT32, STRING, UINT32
 from quantize.pretok import PRE_TOKENIZERS, PROBE_TEXTS, QWEN2_WITH_BOS
-from quantize.writer import ARRAY, BOOL, INT32, STRING, UINT32, KV
+from quantize.writer import KV
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 

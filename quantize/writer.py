@@ -15,18 +15,13 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from quantize.formats import GGML_TYPES
+from quantize.formats import ARRAY, GGML_TYPES, GGUF_SCALAR_FORMATS, STRING
 from quantize.kernels import encoded_size
 
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSION = 3
 ALIGNMENT = 32
 WRITEBACK_BYTES = 64 << 20  # with writeback=True: hand the disk what was written, this often
-
-# GGUF metadata value types
-UINT8, INT8, UINT16, INT16, UINT32, INT32, FLOAT32, BOOL, STRING, ARRAY, UINT64, INT64, FLOAT64 = range(13)
-_SCALAR_FORMATS = {UINT8: "<B", INT8: "<b", UINT16: "<H", INT16: "<h", UINT32: "<I", INT32: "<i",
-                   FLOAT32: "<f", BOOL: "<?", UINT64: "<Q", INT64: "<q", FLOAT64: "<d"}
 
 
 @dataclass(frozen=True)
@@ -61,9 +56,9 @@ def _value(vtype: int, value: Any, etype: int | None) -> bytes:
         head = struct.pack("<IQ", etype, len(value))
         if etype == STRING:
             return head + b"".join(_string(v) for v in value)
-        fmt = _SCALAR_FORMATS[etype]
+        fmt = GGUF_SCALAR_FORMATS[etype]
         return head + np.asarray(value, dtype=np.dtype(fmt)).tobytes()
-    return struct.pack(_SCALAR_FORMATS[vtype], value)
+    return struct.pack(GGUF_SCALAR_FORMATS[vtype], value)
 
 
 def _pad(n: int) -> int:

@@ -99,11 +99,3 @@ class ReplyView:
             self.console.print(Markdown(self.answer))
         if note:
             self.console.print(Text(note, style=NOTE_STYLE))
-
-
-def fmt_bytes(n: int | float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit in ("B", "KiB") else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"

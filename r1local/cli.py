@@ -56,9 +56,10 @@ def build_parser(verb: str | None) -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(text: str, limit: int = 400) -> str:
-    """Errors can quote names read from corrupt files: keep them to one printable line."""
-    clean = "".join(c if c.isprintable() else " " for c in " ".join(text.split()))
+def _one_line(text: str, limit: int = 300) -> str:
+    """Errors can quote names read from corrupt files (control characters, kilobytes of
+    binary): keep them to one printable line."""
+    clean = "".join(c if c.isprintable() and c != "\ufffd" else "?" for c in " ".join(text.split()))
     return clean if len(clean) <= limit else clean[: limit - 1] + "…"
 
 

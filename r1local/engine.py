@@ -14,24 +14,21 @@ import codecs
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from r1local.errors import ModelFileError, R1LocalError
+from r1local.errors import ContextFullError, ModelFileError, R1LocalError
 from r1local.reasoning import (
     ANSWER, BUDGET_CLOSE, THINK_OPEN, Chunk, LoopGuard, StopMatcher, ThinkSplitter,
-    fold_system, strip_reasoning,
+    fold_system, is_reasoning_model, strip_reasoning,
 )
 
 if TYPE_CHECKING:
     from r1local.planner import Plan
 
-__all__ = ["Chunk", "ContextFullError", "Engine", "GenerationSettings", "Stats"]
+__all__ = ["Chunk", "Engine", "GenerationSettings", "Stats"]
 
-# Plan.kv_type -> ggml type id (llama.cpp's GGML_TYPE_*); kept here to avoid importing
-# llama_cpp just for three constants.
-KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}
 DEFAULT_CTX = 4096  # without a plan: enough for a few reasoning turns, cheap in KV memory
 RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp picks a random seed
 
@@ -40,10 +37,6 @@ FALLBACK_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-
-class ContextFullError(R1LocalError):
-    """The prompt does not fit in the context window."""
 
 
 @dataclass
@@ -94,12 +87,9 @@ class Stats:
 
 
 def _default_threads() -> int:
-    try:
-        from r1local.hardware import probe
-
-        return max(1, probe().physical_cores)
-    except Exception:  # the probe is optional here: fall back to the OS count
-        return max(1, os.cpu_count() or 1)
+    """Threads when neither a plan nor the caller says: every CPU the OS reports. (The
+    planner knows the physical cores; the engine does not probe the machine itself.)"""
+    return max(1, os.cpu_count() or 1)
 
 
 @dataclass
@@ -112,7 +102,6 @@ class _LoadParams:
     flash_attn: bool = False
     kv_type: str = "f16"
     use_mmap: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Engine:
@@ -135,11 +124,13 @@ class Engine:
              n_gpu_layers: int | None = None, n_threads: int | None = None,
              verbose: bool | None = None) -> "Engine":
         """Validate the GGUF, then load it with the plan's settings (overrides win)."""
-        from r1local.ggufinfo import read_header
+        from r1local.ggufinfo import ggml_type_id, read_model_header
+        from r1local.planner import check_ctx, pad_ctx
 
         path = Path(path)
-        # llama.cpp may crash on a bad file: check magic, extents, architecture first
-        header = read_header(path, check_architecture=True, max_array=256)
+        # llama.cpp may crash on a bad file: check magic, extents, architecture and every
+        # part of a split model first
+        header = read_model_header(path)
         train_ctx = header.arch_value("context_length")
         params = _params_from(plan, train_ctx)
         if n_ctx is not None:
@@ -148,11 +139,10 @@ class Engine:
             params.n_gpu_layers = n_gpu_layers
         if n_threads is not None:
             params.n_threads = n_threads
-        if params.n_ctx < 16:
-            raise R1LocalError(f"a context of {params.n_ctx} tokens is too small (use >= 512)")
+        check_ctx(params.n_ctx)
         # llama.cpp rounds the context up to a multiple of 256 but llama-cpp-python sizes
         # its token buffer by the number asked for: ask for the rounded size ourselves
-        params.n_ctx = -(-params.n_ctx // CTX_ALIGN) * CTX_ALIGN
+        params.n_ctx = pad_ctx(params.n_ctx)
         if verbose is None:
             verbose = bool(os.environ.get("R1LOCAL_VERBOSE"))
 
@@ -164,9 +154,9 @@ class Engine:
         self._header_meta = {k: v for k, v in header.metadata.items()
                              if isinstance(v, (str, int, float, bool))}
         self.name = str(header.get("general.name") or path.stem)
-        kv = KV_TYPES.get(params.kv_type, KV_TYPES["f16"])
+        kv = ggml_type_id(params.kv_type)
         # llama.cpp needs flash attention for a quantized V cache
-        flash = params.flash_attn or kv != KV_TYPES["f16"]
+        flash = params.flash_attn or params.kv_type.lower() != "f16"
         t0 = time.perf_counter()
         try:
             self._llm = llama_cpp.Llama(
@@ -199,8 +189,8 @@ class Engine:
         template = header.get("tokenizer.chat_template")
         self.chat_template = template if isinstance(template, str) and template else FALLBACK_TEMPLATE
         self._formatter = Jinja2ChatFormatter(self.chat_template, eos_text, self._bos_text)
-        think_ids = llm.tokenize(THINK_OPEN.encode(), add_bos=False, special=True)
-        self.is_reasoning = THINK_OPEN in self.chat_template or len(think_ids) == 1
+        self.is_reasoning = is_reasoning_model(template if isinstance(template, str) else None,
+                                               lambda: len(self.tokenize(THINK_OPEN)) == 1)
 
     def _decode_one(self, token: int) -> None:
         """llm.eval([token]) without its per-call cache trim and Python batch fill: one
@@ -428,9 +418,6 @@ class Engine:
         finally:
             stats.decode_seconds = (t_last - t_first) if t_first else 0.0
             stats.context_tokens = int(llm.n_tokens)
-
-
-CTX_ALIGN = 256
 
 
 def _params_from(plan: "Plan | None", train_ctx: Any) -> _LoadParams:

@@ -46,3 +46,7 @@ class NetworkError(R1LocalError):
 
 class DiskSpaceError(R1LocalError):
     """Not enough free disk for what was asked."""
+
+
+class ContextFullError(R1LocalError):
+    """The prompt does not fit in the context window."""

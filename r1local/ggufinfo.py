@@ -1,17 +1,23 @@
-"""Read and validate GGUF headers without loading any weights.
+"""Read and validate GGUF headers without loading any weights; r1local's one home for GGUF
+and ggml facts (value types, tensor types, file-type names, split-file naming).
 
 Used before llama.cpp ever sees a file (a truncated or corrupt GGUF must give a clear
 error, not a segfault), by the planner (real tensor sizes), and by the store. Works on a
-file on disk or on the first bytes of a remote file.
+file on disk or on the first bytes of a remote file. The numbers themselves are gguf-py's
+(llama.cpp's own tables) and quantize/formats.py's: nothing is typed in twice.
 """
 
 from __future__ import annotations
 
+import re
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from quantize.formats import ARRAY as _ARRAY
+from quantize.formats import GGUF_SCALAR_FORMATS
+from quantize.formats import STRING as _STRING
 from r1local.errors import ModelFileError
 
 GGUF_MAGIC = b"GGUF"
@@ -19,12 +25,8 @@ SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4
 
-# GGUF metadata value types -> (struct format, size); 8 string and 9 array are handled apart.
-_SCALARS = {
-    0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4), 5: ("<i", 4),
-    6: ("<f", 4), 7: ("<?", 1), 10: ("<Q", 8), 11: ("<q", 8), 12: ("<d", 8),
-}
-_STRING, _ARRAY = 8, 9
+# GGUF metadata value types -> (struct format, size); strings and arrays are handled apart
+_SCALARS = {t: (fmt, struct.calcsize(fmt)) for t, fmt in GGUF_SCALAR_FORMATS.items()}
 
 # Architectures this llama.cpp build is expected to run (the R1 family and the test models).
 KNOWN_ARCHITECTURES = frozenset({
@@ -84,6 +86,8 @@ class GGUFHeader:
     header_size: int = 0
     # key -> (GGUF value type, element type for arrays else None): lets a copy keep types
     value_types: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+    # a split model (read_model_header): every part's path, in order; () for a whole file
+    parts: tuple[str, ...] = ()
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(key, default)
@@ -95,6 +99,11 @@ class GGUFHeader:
     def arch_value(self, suffix: str, default: Any = None) -> Any:
         """`{arch}.{suffix}`, e.g. arch_value('block_count')."""
         return self.metadata.get(f"{self.architecture}.{suffix}", default)
+
+    @property
+    def quant(self) -> str:
+        """The quant the file says it is (general.file_type), e.g. Q4_K_M; '?' if unknown."""
+        return file_type_name(self.metadata.get("general.file_type"))
 
     @property
     def tensor_bytes(self) -> int:
@@ -120,6 +129,24 @@ def ggml_type_name(type_id: int) -> str:
         return GGMLQuantizationType(type_id).name
     except ValueError:
         return f"type{type_id}"
+
+
+def ggml_type_id(name: str) -> int:
+    """'f16' / 'Q8_0' -> llama.cpp's GGML_TYPE_* number (what a KV cache type is given as)."""
+    from gguf.constants import GGMLQuantizationType
+
+    return GGMLQuantizationType[name.upper()].value
+
+
+def file_type_name(file_type: Any) -> str:
+    """general.file_type (llama.cpp's LLAMA_FTYPE_*) -> the quant's name, e.g. Q4_K_M;
+    '?' when the file says nothing or a number this gguf-py does not know."""
+    from gguf.constants import LlamaFileType
+
+    try:
+        return LlamaFileType(file_type).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    except (ValueError, TypeError):
+        return "?"
 
 
 def _tensor_nbytes(name: str, shape: tuple[int, ...], type_id: int) -> int:
@@ -356,3 +383,50 @@ def check_runnable(h: GGUFHeader) -> None:
     tokens = h.get("tokenizer.ggml.tokens")
     if tokens is None:
         raise ModelFileError(f"{name} has no tokenizer")
+
+
+# llama.cpp's gguf-split names part N of M "PREFIX-0000N-of-0000M.gguf" and finds the other
+# parts by that name, next to the first
+_SPLIT_NAME = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
+def split_parts(first: GGUFHeader) -> list[Path]:
+    """Every part of the model whose first file is ``first``, in order ([its path] for a
+    whole file), as llama.cpp will look for them."""
+    path = Path(first.path)
+    count = first.get("split.count")
+    if not isinstance(count, int) or count <= 1:
+        return [path]
+    m = _SPLIT_NAME.match(path.name)
+    if m is None or int(m["no"]) != 1 or int(m["count"]) != count or first.get("split.no", 0) != 0:
+        raise ModelFileError(
+            f"{path.name} is one part of a model split in {count} files, but not the first "
+            f"(llama.cpp loads a split model from PREFIX-00001-of-{count:05d}.gguf)",
+            hint="give the path of the first part")
+    return [path.with_name(f"{m['prefix']}-{i:05d}-of-{count:05d}.gguf")
+            for i in range(1, count + 1)]
+
+
+def read_model_header(path: str | Path, *, max_array: int | None = 256,
+                      check_architecture: bool = True) -> GGUFHeader:
+    """The header of a model as llama.cpp will load it: for a split GGUF, the first part's
+    metadata with the tensors of every part (planning from part 1 alone would miss most of
+    the weights). Every part must be there and readable."""
+    first = read_header(path, max_array=max_array, check_architecture=check_architecture)
+    parts = split_parts(first)
+    if len(parts) == 1:
+        return first
+    tensors = list(first.tensors)
+    for i, part in enumerate(parts[1:], start=2):
+        if not part.is_file():
+            raise ModelFileError(f"{parts[0].name} is part 1 of {len(parts)}, but part {i} "
+                                 f"({part.name}) is missing",
+                                 hint="put every part in the same folder (r1local pull does)")
+        tensors += read_header(part, max_array=0).tensors
+    merged = replace(first, tensors=tensors, parts=tuple(str(p) for p in parts))
+    seen: set[str] = set()
+    for t in tensors:
+        if t.name in seen:
+            raise ModelFileError(f"{parts[0].name}: tensor '{t.name}' is in two of its parts")
+        seen.add(t.name)
+    return merged

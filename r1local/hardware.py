@@ -2,7 +2,9 @@
 
 ``probe()`` looks at the real machine (fast: no llama.cpp import, NVML and psutil only
 when present); ``hypothetical()`` builds a made-up one for "what if" questions and tests.
-This module knows nothing about models.
+This module knows nothing about models. (It is longer than our other modules because each
+platform's way of finding memory and GPUs is small but separate, and all of them build the
+one Machine: splitting them would spread that one constructor over several files.)
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import importlib.util
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from r1local.errors import UsageError
+from r1local.units import parse_size
 
 
 @dataclass(frozen=True)
@@ -118,22 +120,6 @@ BACKEND_FIX = {
 
 # ggml_backend_dev_type: CPU, GPU, IGPU, ACCEL
 _DEV_GPU, _DEV_IGPU = 1, 2
-
-_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
-
-
-def parse_size(text: str) -> int:
-    """'16G', '512M', '1.5T', '8GiB', '24gb', '1048576' -> bytes (binary units)."""
-    m = _SIZE_RE.match(str(text))
-    if not m:
-        raise UsageError(f"cannot read size '{text}'", hint="write it like 16G, 512M or 1.5T")
-    number, unit, _ = m.groups()
-    value = float(number) * _UNITS[unit.lower()]
-    if value <= 0:
-        raise UsageError(f"size '{text}' must be more than zero")
-    return int(value)
-
 
 # ---------------------------------------------------------------------------
 # CPU

@@ -21,13 +21,14 @@ VRAM budget, less a safety margin, is used; the rest stay in RAM.
 
 from __future__ import annotations
 
-import math
-import re
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from r1local.shapes import ModelShape, shape_from_gguf, shape_from_variant
+from r1local.units import fmt_bytes
 
 if TYPE_CHECKING:
-    from r1local.catalog import Architecture, Catalog, Variant
+    from r1local.catalog import Variant
     from r1local.ggufinfo import GGUFHeader
     from r1local.hardware import Machine
 
@@ -37,36 +38,13 @@ GiB = 1 << 30
 # ---------------------------------------------------------------------------
 # Tables
 
-# Bits per weight of each llama.cpp file type as it comes out on a real model (the mix of
-# tensor types a ftype uses), for quants whose file size the catalog does not list.
-QUANT_BPW: dict[str, float] = {
-    "F32": 32.0, "F16": 16.0, "BF16": 16.0, "Q8_0": 8.5, "Q6_K": 6.59, "Q5_K_M": 5.70,
-    "Q5_K_S": 5.54, "Q5_0": 5.54, "Q4_K_M": 4.89, "Q4_K_S": 4.58, "Q4_0": 4.55,
-    "Q4_1": 5.0, "IQ4_NL": 4.50, "IQ4_XS": 4.32, "Q3_K_L": 4.27, "Q3_K_M": 3.91,
-    "Q3_K_S": 3.50, "IQ3_M": 3.70, "IQ3_XXS": 3.21, "Q2_K": 3.35, "Q2_K_L": 3.5,
-    "IQ2_M": 2.93, "IQ2_XXS": 2.38, "IQ1_M": 1.95, "IQ1_S": 1.78,
-    "UD-Q2_K_XL": 2.71, "UD-IQ2_XXS": 2.22, "UD-IQ1_M": 1.85, "UD-IQ1_S": 1.58,
-}
-
-# Quality order, best first: the planner tries quants in this order.
-QUANT_PREFERENCE: tuple[str, ...] = (
-    "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S", "IQ4_XS",
-    "Q4_0", "Q3_K_L", "Q3_K_M", "IQ3_M", "Q3_K_S", "IQ3_XXS", "UD-Q2_K_XL", "Q2_K_L",
-    "Q2_K", "IQ2_M", "UD-IQ2_XXS", "IQ2_XXS", "UD-IQ1_M", "IQ1_M", "UD-IQ1_S", "IQ1_S",
-)
-# Below this a dense distill loses too much: recommended only when nothing better fits.
-# (The 671B MoE is published in dynamic 1.58-2.7 bit quants made to stay usable.)
-DENSE_QUALITY_FLOOR = "Q3_K_M"
-
-# ggml types llama.cpp's CPU backend repacks into interleaved copies (AVX2/AVX512/NEON).
-REPACKED_TYPES = frozenset({"Q4_0", "Q4_K", "IQ4_NL"})
 REPACK_GROWTH = 1.0  # the interleaved copy is the same size as the original blocks
 
 KV_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 
 CTX_PAD = 256                 # llama.cpp pads n_ctx to a multiple of this
 USEFUL_CTX = 8192             # R1 reasons at length: aim for at least this
-MIN_CTX = 2048                # below this a reasoning model is of little use
+MIN_CTX = 16                  # fewer tokens cannot hold a chat template's frame and a reply
 CTX_STEPS = (131072, 65536, 32768, 16384, 8192, 4096, 2048)
 MAX_AUTO_CTX = 32768          # R1's own generation limit; longer costs memory for nothing
 N_BATCH = 512
@@ -91,7 +69,6 @@ GPU_EFFICIENCY = (0.6, 0.85)
 # norms, rope, attention, small matmuls that never reach the bus's rate): 0.14-0.26 ms
 # measured on 2 cores. Nothing next to 8B's 5 GB, but most of a 135M model's token.
 CPU_LAYER_SECONDS = (0.3e-3, 0.1e-3)  # (slow, fast)
-MIN_TOK_S = 2.0               # recommend() skips variants slower than this when it can
 
 
 # ---------------------------------------------------------------------------
@@ -138,6 +115,15 @@ class Plan:
         return self.ram_bytes + self.vram_bytes
 
     @property
+    def placement(self) -> str:
+        """The fit verdict in words, as every command shows it."""
+        if self.verdict == "gpu":
+            return "all on GPU"
+        if self.verdict == "partial":
+            return f"{self.n_gpu_layers} of {self.n_layers} layers on GPU"
+        return "CPU only" if self.verdict == "cpu" else "does not fit"
+
+    @property
     def tok_s_typical(self) -> float:
         """The middle of the speed range (geometric): what the recommendation judges by,
         since the range's top needs a machine good at everything at once."""
@@ -146,250 +132,27 @@ class Plan:
     def as_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["fits"] = self.fits
+        d["placement"] = self.placement
         d["tok_s_low"] = round(self.tok_s_low, 2)
         d["tok_s_high"] = round(self.tok_s_high, 2)
         return d
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """What the planner needs to know about one model file (real or predicted)."""
-
-    model: str
-    quant: str
-    arch: str
-    n_layers: int
-    n_embd: int
-    n_head: int
-    n_vocab: int
-    n_ff: int
-    ctx_train: int
-    kv_width: int                   # K + V elements per token per layer (f16 cache)
-    kv_width_fa: int                # the same with flash attention (MLA shares K and V)
-    block_bytes: tuple[int, ...]    # weights of each block
-    block_active: tuple[int, ...]   # bytes of each block read per token (MoE: active experts)
-    block_repack: tuple[int, ...]   # bytes of each block llama.cpp repacks on the CPU
-    embd_bytes: int                 # token_embd
-    out_bytes: int                  # output.weight + output_norm (0 extra when tied)
-    tied: bool
-    out_repack: int = 0
-
-    @property
-    def weights_bytes(self) -> int:
-        return sum(self.block_bytes) + self.embd_bytes + self.out_bytes
-
-
-# ---------------------------------------------------------------------------
-# Shapes from the catalog
-
-def _block_params(a: "Architecture", dense: bool) -> tuple[int, int]:
-    """(parameters of one block, parameters read per token) from config numbers."""
-    h = a.hidden_size
-    if a.kv_lora_rank:  # MLA (DeepSeek-V3/R1)
-        qk = a.qk_nope_head_dim + a.qk_rope_head_dim
-        q = (h * a.q_lora_rank + a.q_lora_rank * a.n_heads * qk) if a.q_lora_rank \
-            else h * a.n_heads * qk
-        attn = (q + h * (a.kv_lora_rank + a.qk_rope_head_dim)
-                + a.kv_lora_rank * a.n_heads * (a.qk_nope_head_dim + a.v_head_dim)
-                + a.n_heads * a.v_head_dim * h + a.q_lora_rank + a.kv_lora_rank)
-    else:
-        q_out = a.n_heads * a.head_dim
-        kv_out = a.n_kv_heads * a.head_dim
-        attn = h * q_out + 2 * h * kv_out + q_out * h
-        if a.type == "qwen2":
-            attn += q_out + 2 * kv_out  # q/k/v biases
-        if a.type == "qwen3":
-            attn += 2 * a.head_dim      # q/k norms
-    norms = 2 * h
-    if dense or not a.is_moe:
-        ffn = 3 * h * a.ffn_size
-        return attn + ffn + norms, attn + ffn + norms
-    expert = 3 * h * a.expert_ffn_size
-    router = h * a.n_experts + a.n_experts  # gate and its bias
-    total = attn + norms + router + expert * (a.n_experts + a.n_shared_experts)
-    active = attn + norms + router + expert * (a.n_experts_used + a.n_shared_experts)
-    return total, active
-
-
-def arch_params(a: "Architecture") -> int:
-    """Parameters as the GGUF holds them (DeepSeek's multi-token-prediction layer excluded)."""
-    dense, _ = _block_params(a, True)
-    moe, _ = _block_params(a, False)
-    n_dense = a.n_dense_layers if a.is_moe else a.n_layers
-    emb = a.vocab_size * a.hidden_size
-    return (dense * n_dense + moe * (a.n_layers - n_dense) + emb * (1 if a.tied_embeddings else 2)
-            + a.hidden_size)
-
-
-def _kv_widths(a: "Architecture") -> tuple[int, int]:
-    if a.kv_lora_rank:
-        k = a.kv_lora_rank + a.qk_rope_head_dim
-        # K holds the latent and the rope part, V the latent again (not assumed shared)
-        return k + a.kv_lora_rank, k + a.kv_lora_rank
-    w = 2 * a.n_kv_heads * a.head_dim
-    return w, w
-
-
-def shape_from_variant(variant: "Variant", quant: str) -> ModelShape:
-    """A model's shape from catalog numbers. Bytes come from the published file size when
-    the catalog lists the quant, else from the quant's bits per weight."""
-    a = variant.arch
-    q = quant.upper()
-    params = arch_params(a)
-    if q in variant.quants:
-        # the GGUF header (tokenizer) is a few MB of the file: not weights
-        header = min(16 * MiB, variant.quants[q].total_size // 100)
-        total = variant.quants[q].total_size - header
-    elif q in QUANT_BPW:
-        total = int(params * QUANT_BPW[q] / 8)
-    else:
-        from r1local.errors import UnknownModelError
-
-        raise UnknownModelError(f"unknown quant '{quant}'",
-                                hint=f"known: {', '.join(QUANT_PREFERENCE)}")
-    per_param = total / params
-    dense, dense_active = _block_params(a, True)
-    moe, moe_active = _block_params(a, False)
-    n_dense = a.n_dense_layers if a.is_moe else a.n_layers
-    blocks = tuple(int((dense if i < n_dense else moe) * per_param) for i in range(a.n_layers))
-    active = tuple(int((dense_active if i < n_dense else moe_active) * per_param)
-                   for i in range(a.n_layers))
-    emb = int(a.vocab_size * a.hidden_size * per_param)
-    # which of a quant's tensors the CPU repacks: the Q4_K / Q4_0 / IQ4_NL ones
-    share = _repack_share(q)
-    kv, kv_fa = _kv_widths(a)
-    return ModelShape(
-        model=variant.tag, quant=q, arch=a.type, n_layers=a.n_layers, n_embd=a.hidden_size,
-        n_head=a.n_heads, n_vocab=a.vocab_size,
-        n_ff=a.expert_ffn_size * (a.n_experts_used + a.n_shared_experts) if a.is_moe else a.ffn_size,
-        ctx_train=a.context_length, kv_width=kv, kv_width_fa=kv_fa,
-        block_bytes=blocks, block_active=active,
-        block_repack=tuple(int(b * share) for b in blocks),
-        embd_bytes=emb, out_bytes=0 if a.tied_embeddings else emb,
-        tied=a.tied_embeddings,
-    )
-
-
-def _repack_share(quant: str) -> float:
-    """Fraction of a block's bytes in repacked types, for each llama.cpp file type mix."""
-    q = quant.upper().removeprefix("UD-")
-    if q in ("Q4_0", "IQ4_NL"):
-        return 1.0
-    if q in ("Q4_K_S",):
-        return 0.9
-    if q == "Q4_K_M":
-        return 0.7   # attn_v and half of ffn_down are Q6_K
-    if q in ("Q3_K_L", "Q3_K_M", "Q5_K_M", "Q2_K", "Q2_K_XL", "Q2_K_L"):
-        return 0.1   # a few Q4_K tensors in the mix
-    return 0.0
-
-
-# ---------------------------------------------------------------------------
-# Shapes from a GGUF header
-
-_BLOCK_RE = re.compile(r"^blk\.(\d+)\.")
-
-
-def _ftype_name(h: "GGUFHeader") -> str:
-    ft = h.get("general.file_type")
-    try:
-        from gguf.constants import LlamaFileType
-
-        return LlamaFileType(ft).name.removeprefix("MOSTLY_").removeprefix("ALL_")
-    except (ImportError, ValueError, TypeError):
-        return "?"
-
-
-def _per_layer(value: Any, n: int, default: int) -> list[int]:
-    if isinstance(value, list):
-        vals = [int(v) for v in value[:n]]
-        return vals + [default] * (n - len(vals))
-    if isinstance(value, int):
-        return [value] * n
-    return [default] * n
-
-
-def shape_from_gguf(h: "GGUFHeader") -> ModelShape:
-    """A model's shape from the real tensor sizes and hyper-parameters in its header."""
-    from r1local.errors import ModelFileError
-
-    arch = h.architecture
-    n_layers = h.arch_value("block_count")
-    n_embd = h.arch_value("embedding_length")
-    if not isinstance(n_layers, int) or not isinstance(n_embd, int):
-        raise ModelFileError(f"{h.path}: lacks {arch}.block_count or {arch}.embedding_length")
-    n_head_raw = h.arch_value("attention.head_count", 1)
-    n_head = max(_per_layer(n_head_raw, n_layers, 1)) or 1
-    n_kv = _per_layer(h.arch_value("attention.head_count_kv"), n_layers, n_head)
-    head_k = h.arch_value("attention.key_length") or n_embd // n_head
-    head_v = h.arch_value("attention.value_length") or n_embd // n_head
-    kv_lora = h.arch_value("attention.kv_lora_rank")
-    n_expert = h.arch_value("expert_count") or 0
-    n_used = h.arch_value("expert_used_count") or 0
-    if isinstance(kv_lora, int) and kv_lora > 0:
-        rope = h.arch_value("rope.dimension_count") or 64
-        kv_width = kv_width_fa = kv_lora + rope + kv_lora
-    else:
-        kv_width = kv_width_fa = max(n_kv) * (head_k + head_v)
-        if any(k == 0 for k in n_kv):  # hybrid models: some layers have no KV
-            kv_width = kv_width_fa = int(sum(n_kv) / n_layers * (head_k + head_v))
-
-    blocks = [0] * n_layers
-    active = [0] * n_layers
-    repack = [0] * n_layers
-    embd = out = out_repack = 0
-    tied = True
-    for t in h.tensors:
-        m = _BLOCK_RE.match(t.name)
-        if m:
-            i = int(m.group(1))
-            if i >= n_layers:  # e.g. a multi-token-prediction block llama.cpp skips
-                continue
-            blocks[i] += t.nbytes
-            if "_exps." in t.name and n_expert:
-                active[i] += t.nbytes * n_used // n_expert
-            else:
-                active[i] += t.nbytes
-            if t.type_name in REPACKED_TYPES and len(t.shape) == 2:
-                repack[i] += t.nbytes
-        elif t.name == "token_embd.weight":
-            embd += t.nbytes
-        elif t.name.startswith("output"):
-            out += t.nbytes
-            if t.name == "output.weight":
-                tied = False
-                if t.type_name in REPACKED_TYPES:
-                    out_repack += t.nbytes
-        else:
-            out += t.nbytes  # rope factors and other small globals
-    vocab = h.get("tokenizer.ggml.tokens")
-    n_vocab = (vocab.count if hasattr(vocab, "count") and not isinstance(vocab, list)
-               else len(vocab) if isinstance(vocab, list) else 0)
-    emb_t = h.tensor("token_embd.weight")
-    if emb_t is not None and len(emb_t.shape) == 2:
-        n_vocab = emb_t.shape[1]
-    n_ff = h.arch_value("feed_forward_length") or 4 * n_embd
-    if isinstance(n_ff, list):
-        n_ff = max(n_ff)
-    if n_expert:
-        eff = h.arch_value("expert_feed_forward_length") or n_ff
-        n_ff = eff * (n_used + (h.arch_value("expert_shared_count") or 0))
-    ctx_train = h.arch_value("context_length") or 4096
-    name = str(h.get("general.name") or h.path.rsplit("/", 1)[-1])
-    return ModelShape(
-        model=name, quant=_ftype_name(h), arch=arch, n_layers=n_layers, n_embd=n_embd,
-        n_head=n_head, n_vocab=n_vocab or 32000, n_ff=int(n_ff), ctx_train=int(ctx_train),
-        kv_width=int(kv_width), kv_width_fa=int(kv_width_fa),
-        block_bytes=tuple(blocks), block_active=tuple(active), block_repack=tuple(repack),
-        embd_bytes=embd, out_bytes=out, tied=tied, out_repack=out_repack,
-    )
 
 
 # ---------------------------------------------------------------------------
 # The memory model
 
 def pad_ctx(n_ctx: int) -> int:
+    """The context llama.cpp really allocates for a request of ``n_ctx`` tokens."""
     return max(CTX_PAD, -(-n_ctx // CTX_PAD) * CTX_PAD)
+
+
+def check_ctx(n_ctx: int | None, what: str = "a context") -> None:
+    """The one minimum-context rule (flags, API fields and loads all use it)."""
+    from r1local.errors import UsageError
+
+    if n_ctx is not None and (not isinstance(n_ctx, int) or n_ctx < MIN_CTX):
+        raise UsageError(f"{what} of {n_ctx} tokens is too small",
+                         hint=f"use at least {MIN_CTX}; R1 reasons best with {USEFUL_CTX} or more")
 
 
 def kv_cache_bytes(shape: ModelShape, n_ctx: int, kv_type: str, flash_attn: bool,
@@ -529,10 +292,6 @@ def _speed(shape: ModelShape, machine: "Machine", n_gpu: int, n_ctx: int, kv_typ
     return round(low, 2), round(high, 2)
 
 
-def _fmt(n: int) -> str:
-    return f"{n / GiB:.1f} GiB" if n >= GiB else f"{n / MiB:.0f} MiB"
-
-
 def plan_shape(shape: ModelShape, machine: "Machine", *, n_ctx: int | None = None,
                n_gpu_layers: int | None = None, kv_type: str = "f16") -> Plan:
     """Plan one model file: context (given, or the longest useful that fits), layers on
@@ -542,8 +301,7 @@ def plan_shape(shape: ModelShape, machine: "Machine", *, n_ctx: int | None = Non
     kv_type = kv_type.lower()
     if kv_type not in KV_BYTES:
         raise UsageError(f"unknown KV cache type '{kv_type}' (use f16, q8_0 or q4_0)")
-    if n_ctx is not None and n_ctx < 16:
-        raise UsageError(f"a context of {n_ctx} tokens is too small (use >= 2048)")
+    check_ctx(n_ctx)
     # flash attention: no KQ score matrix (its size grows with the context), and llama.cpp
     # needs it for a quantized V cache; every backend r1local builds supports it
     flash = True
@@ -605,12 +363,12 @@ def plan_shape(shape: ModelShape, machine: "Machine", *, n_ctx: int | None = Non
             n_gpu_layers if n_gpu_layers is not None else L + 1), ctx, kv_type, flash, n_gpus,
             unified)
         need = s.ram + s.vram
-        reason = (f"needs {_fmt(need)} at context {ctx}, more than the "
-                  f"{_fmt(ram_b)} RAM" + (f" + {_fmt(vram_b)} VRAM" if vram_b and not unified
+        reason = (f"needs {fmt_bytes(need)} at context {ctx}, more than the "
+                  f"{fmt_bytes(ram_b)} RAM" + (f" + {fmt_bytes(vram_b)} VRAM" if vram_b and not unified
                                             else "") + " it may use")
         if n_gpu_layers is not None and s.vram > vram_b:
-            reason = (f"{n_gpu_layers} layers need {_fmt(s.vram)} of VRAM, more than the "
-                      f"{_fmt(vram_b)} it may use")
+            reason = (f"{n_gpu_layers} layers need {fmt_bytes(s.vram)} of VRAM, more than the "
+                      f"{fmt_bytes(vram_b)} it may use")
         return Plan(
             model=shape.model, quant=shape.quant, arch=shape.arch, n_layers=L,
             n_gpu_layers=gpu_layers(ctx)[0], n_ctx=ctx, n_threads=n_threads, n_batch=N_BATCH,
@@ -625,14 +383,14 @@ def plan_shape(shape: ModelShape, machine: "Machine", *, n_ctx: int | None = Non
     if g == 0:
         verdict = "cpu"
         why = "no usable GPU" if not machine.usable_gpus else "no layer fits in VRAM"
-        reason = f"CPU only ({why}); {_fmt(s.ram)} of {_fmt(ram_b)} RAM"
+        reason = f"CPU only ({why}); {fmt_bytes(s.ram)} of {fmt_bytes(ram_b)} RAM"
     elif g > L:
         verdict = "gpu"
-        reason = f"all {L} layers on GPU; {_fmt(s.vram)} of {_fmt(vram_b)} VRAM"
+        reason = f"all {L} layers on GPU; {fmt_bytes(s.vram)} of {fmt_bytes(vram_b)} VRAM"
     else:
         verdict = "partial"
-        reason = (f"{g} of {L} layers on GPU ({_fmt(s.vram)} of {_fmt(vram_b)} VRAM), "
-                  f"the rest in RAM ({_fmt(s.ram)})")
+        reason = (f"{g} of {L} layers on GPU ({fmt_bytes(s.vram)} of {fmt_bytes(vram_b)} VRAM), "
+                  f"the rest in RAM ({fmt_bytes(s.ram)})")
     low, high = _speed(shape, machine, g, ctx, kv_type, flash)
     return Plan(
         model=shape.model, quant=shape.quant, arch=shape.arch, n_layers=L, n_gpu_layers=g,
@@ -658,92 +416,3 @@ def plan_gguf(header: "GGUFHeader", machine: "Machine", *, n_ctx: int | None = N
               n_gpu_layers: int | None = None, kv_type: str = "f16") -> Plan:
     return plan_shape(shape_from_gguf(header), machine, n_ctx=n_ctx,
                       n_gpu_layers=n_gpu_layers, kv_type=kv_type)
-
-
-def quant_rank(quant: str) -> int:
-    q = quant.upper()
-    return QUANT_PREFERENCE.index(q) if q in QUANT_PREFERENCE else len(QUANT_PREFERENCE)
-
-
-def candidate_quants(variant: "Variant") -> list[str]:
-    """The variant's published quants, best first."""
-    return sorted(variant.quants, key=quant_rank)
-
-
-def acceptable(variant: "Variant", quant: str) -> bool:
-    """Good enough to recommend: dense models at Q3_K_M or better; the MoE at anything
-    published (its low-bit dynamic quants are built to stay usable)."""
-    return variant.arch.is_moe or quant_rank(quant) <= quant_rank(DENSE_QUALITY_FLOOR)
-
-
-def _better(a: Plan, b: Plan) -> bool:
-    """Is plan ``a`` a better way to run the same quant than ``b``?"""
-    order = {"gpu": 3, "partial": 2, "cpu": 1, "no-fit": 0}
-    return (order[a.verdict], a.n_ctx >= USEFUL_CTX) > (order[b.verdict], b.n_ctx >= USEFUL_CTX)
-
-
-def choose_quant(variant: "Variant", machine: "Machine", *, min_tok_s: float = 0.0) -> Plan:
-    """The best quant of one variant that fits with a useful context.
-
-    Best = highest quality that still runs at least as well (all-GPU beats partial beats
-    CPU) as the next quant down would, with a context of at least 8192 where possible.
-    Where that would decode slower than ``min_tok_s`` (the middle of its range), the best
-    of the smaller ones that does not, if any."""
-    plans = [plan_variant(variant, q, machine) for q in candidate_quants(variant)]
-    fitting = [p for p in plans if p.fits and p.n_ctx >= min(USEFUL_CTX, variant.arch.context_length)]
-    fitting = fitting or [p for p in plans if p.fits]
-    if not fitting:
-        return min(plans, key=lambda p: p.ram_bytes + p.vram_bytes)  # the smallest, no-fit
-    good = [p for p in fitting if acceptable(variant, p.quant)] or fitting
-    # take the best quality unless a smaller quant gets the whole model on the GPU
-    best = good[0]
-    for p in good[1:]:
-        if best.verdict == "partial" and p.verdict == "gpu" and quant_rank(p.quant) <= quant_rank("Q4_K_M"):
-            best = p
-            break
-    if best.tok_s_typical < min_tok_s:
-        below = good[good.index(best) + 1:]
-        quicker = next((p for p in below if p.tok_s_typical >= min_tok_s), None)
-        if quicker is not None:
-            return replace(quicker, reason=(
-                f"{quicker.reason}; {best.quant} would fit too but decode at only "
-                f"~{best.tok_s_low:.1f}-{best.tok_s_high:.1f} tok/s"))
-    return best
-
-
-def _sizes(catalog: "Catalog") -> list["Variant"]:
-    return sorted(catalog, key=lambda v: v.params_b)
-
-
-def recommend(catalog: "Catalog", machine: "Machine", *, min_tok_s: float = MIN_TOK_S) -> Plan:
-    """The largest variant that fits (at a recommendable quant and a useful context), then
-    its best quant, then the longest useful context. Where that quant would decode slower
-    than ``min_tok_s`` (judged by the middle of its range) a smaller recommendable quant of
-    the same variant is taken (choose_quant), and failing that the next smaller variant."""
-    picks: list[tuple["Variant", Plan]] = []
-    for v in _sizes(catalog):
-        p = choose_quant(v, machine, min_tok_s=min_tok_s)
-        if p.fits and acceptable(v, p.quant) and p.n_ctx >= min(USEFUL_CTX, v.arch.context_length):
-            picks.append((v, p))
-    if not picks:  # nothing at a useful context: the smallest that fits at all
-        for v in _sizes(catalog):
-            p = choose_quant(v, machine)
-            if p.fits:
-                return replace(p, reason=p.reason + "; context below 8192: expect cut-off reasoning")
-        smallest = _sizes(catalog)[0]
-        p = choose_quant(smallest, machine)
-        return replace(p, reason=f"nothing fits: even {smallest.tag} {p.reason}")
-    largest_v, largest = picks[-1]
-    for v, p in reversed(picks):
-        if p.tok_s_typical >= min_tok_s:
-            if v is not largest_v:
-                return replace(p, reason=(
-                    f"{p.reason}; {largest_v.tag} would fit too but decode at only "
-                    f"~{largest.tok_s_low:.1f}-{largest.tok_s_high:.1f} tok/s"))
-            return p
-    return largest
-
-
-def common_quants(variant: "Variant") -> list[str]:
-    """The quants `r1local hw` shows for a variant: the published ones, best first."""
-    return candidate_quants(variant)

@@ -15,7 +15,7 @@ the REPL and the server:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -27,6 +27,17 @@ THINKING = "thinking"
 ANSWER = "answer"
 
 _START, _THINK, _ANSWER = "start", "think", "answer"
+
+
+def is_reasoning_model(chat_template: str | None, think_is_one_token: Callable[[], bool]) -> bool:
+    """The one rule for "this model reasons in <think> blocks": its chat template names
+    <think> or </think> (R1's only names </think>, to strip earlier reasoning), or, where
+    the template says nothing (a file without one), its vocabulary has <think> as a single
+    token. ``think_is_one_token`` is asked only then: callers check it their own way."""
+    template = chat_template or ""
+    if THINK_OPEN in template or THINK_CLOSE in template:
+        return True
+    return bool(think_is_one_token())
 
 
 @dataclass

@@ -20,9 +20,10 @@ from typing import Callable
 from rich.console import Console
 from rich.markup import escape
 
-from r1local.chat_view import NOTE_STYLE, ReplyView, fmt_bytes
+from r1local.chat_view import NOTE_STYLE, ReplyView
 from r1local.engine import Engine, GenerationSettings
 from r1local.errors import R1LocalError
+from r1local.units import fmt_bytes
 
 PROMPT = ">>> "
 CONTINUE = "... "
@@ -322,7 +323,7 @@ class Repl:
                  f"threads    {e.n_threads}", f"GPU layers {e.n_gpu_layers}"]
         plan = e.plan
         if plan is not None:
-            lines.append(f"plan       {plan.verdict}: {plan.layers_on_gpu}/{plan.n_layers} layers on GPU, "
+            lines.append(f"plan       {plan.placement}, "
                          f"RAM {fmt_bytes(plan.ram_bytes)}, VRAM {fmt_bytes(plan.vram_bytes)}, "
                          f"~{plan.tok_s_low:.0f}-{plan.tok_s_high:.0f} tok/s")
         s = self.settings

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from r1local.errors import ModelFileError, R1LocalError, UnknownModelError, UsageError
+from r1local.units import fmt_bytes
 
 if TYPE_CHECKING:
     from r1local.catalog import Catalog
@@ -270,7 +271,7 @@ class Store:
         if not src.is_file():
             raise ModelFileError(f"{src} does not exist or is not a file")
         header = read_header(src, max_array=256, check_architecture=True)
-        quant = quant or quant_of(header)
+        quant = quant or header.quant
         if link:
             target = src.resolve()
         else:
@@ -283,8 +284,8 @@ class Store:
             if need > free:
                 from r1local.errors import DiskSpaceError
 
-                raise DiskSpaceError(f"copying {src.name} needs {_gib(need)} but {folder} has "
-                                     f"{_gib(free)} free", hint="free some space, or use --link")
+                raise DiskSpaceError(f"copying {src.name} needs {fmt_bytes(need)} but {folder} has "
+                                     f"{fmt_bytes(free)} free", hint="free some space, or use --link")
             shutil.copyfile(src, tmp)
             os.replace(tmp, target)
         digest = sha256 or file_sha256(target)
@@ -292,10 +293,6 @@ class Store:
             name=name, tag=None, quant=quant, files=(target,), size=target.stat().st_size,
             source=str(src.resolve()), revision=None, sha256=(digest,), added_at=_utcnow(),
             origin="import", linked=link))
-
-
-def _gib(n: int) -> str:
-    return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
 
 
 def file_sha256(path: Path, chunk: int = 8 << 20) -> str:
@@ -308,18 +305,10 @@ def file_sha256(path: Path, chunk: int = 8 << 20) -> str:
     return h.hexdigest()
 
 
-def quant_of(header) -> str:
-    """The quant a GGUF says it is (general.file_type), e.g. Q4_K_M; '?' if unknown."""
-    ft = header.get("general.file_type")
-    try:
-        from gguf.constants import LlamaFileType
-
-        return LlamaFileType(ft).name.removeprefix("MOSTLY_").removeprefix("ALL_")
-    except (ValueError, TypeError, ImportError):
-        return "?"
-
-
-def _looks_like_path(ref: str) -> bool:
+def looks_like_path(ref: str) -> bool:
+    """The one rule for "this model reference is a file path": it ends in .gguf, has a
+    folder separator, or starts with ~ or '.'. Anything else is a name (store entry, catalog
+    tag, alias), looked up first; a bare file name in the current folder comes after."""
     return (ref.lower().endswith(".gguf") or "/" in ref or os.sep in ref
             or ref.startswith(("~", ".")))
 
@@ -333,11 +322,13 @@ def resolve_gguf(ref: str, catalog: Catalog, store: Store) -> tuple[Path, Stored
     text = ref.strip()
     if not text:
         raise UnknownModelError("no model named", hint="give a tag like 7b, or a path to a .gguf")
-    if _looks_like_path(text):
+    if looks_like_path(text):
         p = Path(text).expanduser()
-        if not p.is_file():
-            raise ModelFileError(f"{text} does not exist",
-                                 hint="give the path to a .gguf file, or a tag (`r1local list`)")
+        if not p.exists():  # (a folder or a non-GGUF is the header reader's to name)
+            near = sorted(x.name for x in p.parent.glob("*.gguf"))[:5] if p.parent.is_dir() else []
+            raise UnknownModelError(f"{text} does not exist",
+                                    hint=f"GGUF files there: {', '.join(near)}" if near else
+                                    "give the path to a .gguf file, or a tag like 7b (`r1local list`)")
         return p, _entry_for_path(store, p)
     found = store.find(text, catalog)
     if found is not None:

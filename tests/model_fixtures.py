@@ -207,3 +207,43 @@ def quantized_copy(src: Path, quant: str) -> Path:
         raise RuntimeError(f"llama_model_quantize({quant}) failed with {rc}")
     os.replace(tmp, out)
     return out
+
+
+def rewrite_gguf(src: Path, name: str, *, parts: int = 1, drop: tuple[str, ...] = (),
+                 values: dict | None = None) -> list[Path]:
+    """``src`` written again by gguf-py, cached under ``name``: ``parts`` > 1 splits it the
+    way llama.cpp's gguf-split does (NAME-0000N-of-0000M.gguf, every part its own header);
+    ``drop`` leaves metadata keys out; ``values`` sets keys (an existing key keeps its type,
+    a new one gets gguf-py's guess). Returns the file(s), first part first."""
+    import math
+    import shutil
+
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+    done = cache_dir() / f"rewrite-{BUILDER_VERSION}-{name}"
+    if done.is_dir():
+        return sorted(done.glob("*.gguf"))
+    out = done.with_name(done.name + ".partial")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    reader = GGUFReader(src)
+    arch = reader.fields["general.architecture"].contents()
+    split = {"split_max_tensors": math.ceil(len(reader.tensors) / parts)} if parts > 1 else {}
+    w = GGUFWriter(out / f"{name}.gguf", arch, **split)
+    values = dict(values or {})
+    for f in reader.fields.values():
+        if f.name.startswith("GGUF.") or f.name == "general.architecture" or f.name in drop:
+            continue
+        vt = GGUFValueType(f.types[0])
+        w.add_key_value(f.name, values.pop(f.name, f.contents()), vt,
+                        sub_type=GGUFValueType(f.types[-1]) if vt == GGUFValueType.ARRAY else None)
+    for key, value in values.items():
+        w.add_key_value(key, value, GGUFValueType.get_type(value))
+    for t in reader.tensors:
+        w.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    os.replace(out, done)
+    return sorted(done.glob("*.gguf"))

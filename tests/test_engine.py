@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from r1local.engine import ContextFullError, Engine, GenerationSettings
-from r1local.errors import ModelFileError
+from r1local.engine import Engine, GenerationSettings
+from r1local.errors import ContextFullError, ModelFileError
 
 
 @pytest.fixture(scope="module")

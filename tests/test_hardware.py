@@ -8,7 +8,8 @@ import time
 import pytest
 
 from r1local.errors import UsageError
-from r1local.hardware import hypothetical, load_profile, metal_working_set, parse_size, probe
+from r1local.hardware import hypothetical, load_profile, metal_working_set, probe
+from r1local.units import parse_size
 
 G = 1 << 30
 

@@ -8,9 +8,11 @@ import model_fixtures
 from r1local.catalog import load_catalog
 from r1local.errors import UsageError
 from r1local.ggufinfo import read_header
-from r1local.hardware import hypothetical, parse_size
-from r1local.planner import (USEFUL_CTX, acceptable, arch_params, choose_quant, plan_gguf,
-                             plan_variant, ram_budget, recommend, vram_budget)
+from r1local.hardware import hypothetical
+from r1local.units import parse_size
+from r1local.planner import USEFUL_CTX, plan_gguf, plan_variant, ram_budget, vram_budget
+from r1local.quant_choice import acceptable, choose_quant, recommend
+from r1local.shapes import arch_params
 
 G = parse_size("1G")
 
@@ -100,7 +102,7 @@ def test_a_plan_that_does_not_fit_still_fills_the_gpu_for_force(catalog):
 def test_a_quant_too_slow_to_use_gives_way_to_a_smaller_one_of_the_same_variant(catalog):
     """24 GB, 2 cores: 14b fits at Q8_0 but would crawl; rather than drop to 8b, take the
     best 14b quant that decodes at MIN_TOK_S (middle of its range), and say why."""
-    from r1local.planner import MIN_TOK_S
+    from r1local.quant_choice import MIN_TOK_S
 
     m = hypothetical(24 * G, cores=2)
     rec = recommend(catalog, m)

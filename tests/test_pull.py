@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import signal
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from model_fixtures import rewrite_gguf
 from r1local.catalog import load_catalog
 
 TAG = "7b"
@@ -115,9 +115,9 @@ def test_a_reupload_on_the_hub_is_noted_and_verified_against_the_hubs_hash(env, 
 
 def test_no_quant_asks_the_planner_and_says_why(env, hub):
     from r1local.hardware import probe
-    from r1local.planner import choose_quant
+    from r1local.session import pick_quant
 
-    expected = choose_quant(VARIANT, probe()).quant
+    expected = pick_quant(VARIANT, probe()).quant
     p = r1local(env, "pull", TAG)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == f"7b:{expected}"
@@ -194,48 +194,14 @@ def test_a_file_that_is_not_a_gguf_is_never_registered(env, hub):
 def test_not_enough_disk_is_refused_before_a_byte_is_downloaded(env, hub):
     hub.fake_size[f"{REPO}/{Q4_FILE}"] = 1 << 50  # the hub claims a petabyte
     line = error_line(r1local(env, "pull", TAG + ":Q4_K_M"))
-    assert "not enough disk" in line and "1024.00 TiB" in line and "free" in line
+    assert "not enough disk" in line and "1.00 PiB" in line and "free" in line
     assert hub.body_gets() == []
 
 
 # ---- split models ------------------------------------------------------------------------------
 
-def split_gguf(src: Path, parts: int = 2) -> list[Path]:
-    """src rewritten as a split GGUF (llama.cpp's -0000N-of-0000M layout) by gguf-py; cached
-    next to the other fixtures (reading the 152k-token vocabulary back takes a while)."""
-    import shutil
-
-    from gguf import GGUFReader, GGUFValueType, GGUFWriter
-    from model_fixtures import cache_dir
-
-    done = cache_dir() / f"split{parts}-{src.stem}"
-    if done.is_dir():
-        return sorted(done.glob("model-*.gguf"))
-    out = done.with_name(done.name + ".partial")
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    reader = GGUFReader(src)
-    arch = reader.fields["general.architecture"].contents()
-    w = GGUFWriter(out / "model.gguf", arch,
-                   split_max_tensors=math.ceil(len(reader.tensors) / parts))
-    for f in reader.fields.values():
-        if f.name.startswith("GGUF.") or f.name == "general.architecture":
-            continue
-        vt = GGUFValueType(f.types[0])
-        w.add_key_value(f.name, f.contents(), vt,
-                        sub_type=GGUFValueType(f.types[-1]) if vt == GGUFValueType.ARRAY else None)
-    for t in reader.tensors:
-        w.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    os.replace(out, done)
-    return sorted(done.glob("model-*.gguf"))
-
-
 def test_split_model_is_fetched_as_one_model(env, loopback_hub, r1_standin, tmp_path):
-    parts = split_gguf(r1_standin)
+    parts = rewrite_gguf(r1_standin, "standin-split2", parts=2)
     assert len(parts) == len(SPLIT_FILES) == 2
     for name, part in zip(SPLIT_FILES, parts):
         loopback_hub.add_file(SPLIT.variant.gguf_repo, name, part)
@@ -344,10 +310,9 @@ def test_from_source_fetches_only_needed_files_and_converts(env, loopback_hub, t
     assert entry["revision"] == loopback_hub.commit
     gguf = tmp_path / "r1" / "models" / entry["files"][0]
     from r1local.ggufinfo import read_header
-    from r1local.store import quant_of
 
     header = read_header(gguf, check_architecture=True)
-    assert header.architecture == "qwen2" and quant_of(header) == "Q8_0"
+    assert header.architecture == "qwen2" and header.quant == "Q8_0"
     assert sha256(gguf) == entry["sha256"][0]
     assert not (tmp_path / "r1" / "models" / ".source").exists()  # safetensors removed
 

@@ -92,7 +92,7 @@ def test_unknown_tag_suggests(tmp_path):
 
 
 def test_bad_numbers_and_empty_stdin(micro_reasoner):
-    assert "--ctx must be a positive" in one_line_error(
+    assert "--ctx of 0 tokens is too small" in one_line_error(
         r1local("run", str(micro_reasoner), "hi", "--ctx", "0"))
     assert "nothing to answer" in one_line_error(r1local("run", str(micro_reasoner), stdin=""))
 
@@ -104,8 +104,8 @@ def test_a_model_that_does_not_fit_is_refused_and_force_loads_it(micro_reasoner,
     # share is set aside, so the ~100 MiB this model needs cannot fit
     args = ("run", str(micro_reasoner), "What is 3+4?", "--temperature", "0", "--ram", "64M")
     line = one_line_error(r1local(*args, home=tmp_path))
-    assert "does not fit this machine with --ram 64M" in line
-    assert "more than the 0 MiB RAM it may use" in line and "add --force" in line
+    assert "does not fit this machine with 64.0 MiB of RAM (--ram)" in line
+    assert "more than the 0 B RAM it may use" in line and "add --force" in line
 
     forced = r1local(*args, "--force", home=tmp_path)
     assert forced.returncode == 0, forced.stderr
@@ -134,8 +134,9 @@ def expected_recommendation() -> str:
     from dataclasses import replace
 
     from r1local.catalog import load_catalog
-    from r1local.hardware import parse_size, probe
-    from r1local.planner import recommend
+    from r1local.hardware import probe
+    from r1local.units import parse_size
+    from r1local.quant_choice import recommend
 
     m = probe()
     cap = parse_size(RAM)

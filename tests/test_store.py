@@ -83,7 +83,7 @@ def test_manifest_round_trip_and_find_order(tmp_path, r1_standin):
 def test_resolve_gguf_paths_store_entries_and_suggestions(tmp_path, r1_standin):
     store = Store(tmp_path / "s")
     assert resolve_gguf(str(r1_standin), CATALOG, store) == (r1_standin, None)
-    with pytest.raises(ModelFileError, match="does not exist"):
+    with pytest.raises(UnknownModelError, match="does not exist"):
         resolve_gguf(str(tmp_path / "nope.gguf"), CATALOG, store)
     with pytest.raises(UnknownModelError, match=r"7b is not downloaded.*r1local pull 7b"):
         resolve_gguf("7b", CATALOG, store)

@@ -14,7 +14,8 @@ from typing import Callable, ClassVar
 import numpy as np
 
 from quantize.errors import ConvertError
-from quantize.writer import FLOAT32, UINT32, KV
+from quantize.formats import FLOAT32, UINT32
+from quantize.writer import KV
 
 # Hugging Face tensor name -> GGUF tensor name ("{i}" is the layer number)
 COMMON_TENSORS: dict[str, str] = {

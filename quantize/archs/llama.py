@@ -9,7 +9,8 @@ import math
 import numpy as np
 
 from quantize.archs.base import ATTENTION_BIASES, Arch, TensorJob
-from quantize.writer import UINT32, KV
+from quantize.formats import UINT32
+from quantize.writer import KV
 
 LLAMA3_DEFAULTS = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                    "original_max_position_embeddings": 8192}

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from quantize.archs.base import ATTENTION_BIASES, Arch
-from quantize.writer import UINT32, KV
+from quantize.formats import UINT32
+from quantize.writer import KV
 
 
 class Qwen3(Arch):

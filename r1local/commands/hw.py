@@ -34,8 +34,10 @@ COMMON = ("Q8_0", "Q6_K", "Q4_K_M", "Q3_K_M", "Q2_K", "UD-Q2_K_XL", "UD-IQ2_XXS"
 
 def machine_from_args(args: argparse.Namespace):
     """The machine to plan for: a profile, flags, or this one."""
+    from r1local import session
     from r1local.errors import UsageError
-    from r1local.hardware import hypothetical, load_profile, parse_size, probe
+    from r1local.hardware import hypothetical, load_profile
+    from r1local.units import parse_size
 
     flags = args.ram or args.vram or args.unified or args.cores is not None
     if args.profile:
@@ -47,43 +49,52 @@ def machine_from_args(args: argparse.Namespace):
             raise UsageError("a hypothetical machine needs --ram (e.g. --ram 16G --vram 8G)")
         if args.unified and len(args.vram) > 1:
             raise UsageError("--unified describes one GPU sharing the RAM: give at most one --vram")
-        return hypothetical(parse_size(args.ram), [parse_size(v) for v in args.vram],
+        return hypothetical(parse_size(args.ram), [parse_size(v, allow_zero=True) for v in args.vram],
                             cores=args.cores if args.cores is not None else 8,
                             unified=args.unified)
-    return probe()
+    return session.machine()
 
 
 def build_report(args: argparse.Namespace) -> dict:
+    from r1local import session
     from r1local.catalog import load_catalog
-    from r1local.errors import UsageError
-    from r1local.planner import candidate_quants, plan_variant, recommend
+    from r1local.planner import check_ctx, plan_variant
+    from r1local.quant_choice import candidate_quants
+    from r1local.store import Store, catalog_name
 
-    if args.ctx is not None and args.ctx < 256:
-        raise UsageError(f"--ctx {args.ctx} is too small (use 2048 or more)")
+    check_ctx(args.ctx, "--ctx")
     machine = machine_from_args(args)
     catalog = load_catalog()
-    rec = recommend(catalog, machine)
+    store = Store()
+    rec = session.recommendation(catalog, machine)
     rows = []
     for v in sorted(catalog, key=lambda v: v.params_b):
         quants = candidate_quants(v)
         if not args.all_quants:
             quants = [q for q in quants if q in COMMON] or quants[:3]
         for q in quants:
-            p = plan_variant(v, q, machine, n_ctx=args.ctx, kv_type=args.kv_type)
+            p = _downloaded_plan(store, catalog_name(v.tag, q), machine, args) or \
+                plan_variant(v, q, machine, n_ctx=args.ctx, kv_type=args.kv_type)
             rows.append({"tag": v.tag, "name": v.name, "params_b": v.params_b,
                          "file_bytes": v.quants[q].total_size,
                          "recommended": rec.fits and v.tag == rec.model and q == rec.quant,
+                         "downloaded": store.get(catalog_name(v.tag, q)) is not None,
                          **p.as_dict()})
     return {"machine": machine.as_dict(), "recommendation": rec.as_dict(), "plans": rows}
 
 
-def _size(n: int) -> str:
-    gib = n / (1 << 30)
-    if gib >= 100:
-        return f"{gib:.0f} GiB"
-    if gib >= 1:
-        return f"{gib:.1f} GiB"
-    return f"{n / (1 << 20):.0f} MiB"
+def _downloaded_plan(store, name: str, machine, args: argparse.Namespace):
+    """A quant in the store is planned from its own header, as `run` and `show` plan it;
+    None when it is not there (or its files are not whole: the catalog's numbers then)."""
+    from r1local import session
+    from r1local.errors import R1LocalError
+
+    if args.kv_type != "f16" or store.get(name) is None:
+        return None
+    try:
+        return session.plan_model(session.locate(name, store=store), machine, ctx=args.ctx)
+    except R1LocalError:
+        return None
 
 
 def _speed(low: float, high: float) -> str:
@@ -93,20 +104,11 @@ def _speed(low: float, high: float) -> str:
     return f"{fmt(low)}-{fmt(high)} tok/s"
 
 
-def _verdict(row: dict) -> str:
-    v = row["verdict"]
-    if v == "gpu":
-        return "all on GPU"
-    if v == "partial":
-        return f"{row['n_gpu_layers']} of {row['n_layers']} layers on GPU"
-    if v == "cpu":
-        return "CPU only"
-    return "does not fit"
-
-
 def render(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from r1local.units import fmt_bytes
 
     console = Console(highlight=False)
     m = report["machine"]
@@ -118,19 +120,19 @@ def render(report: dict) -> None:
                f"{m['logical_cores']} threads")
     if m["simd"]:
         mt.add_row("SIMD", " ".join(m["simd"]))
-    ram = f"{_size(m['ram_total'])} total, {_size(m['ram_available'])} available"
+    ram = f"{fmt_bytes(m['ram_total'])} total, {fmt_bytes(m['ram_available'])} available"
     if m["swap_total"]:
-        ram += f", swap {_size(m['swap_total'])}"
+        ram += f", swap {fmt_bytes(m['swap_total'])}"
     mt.add_row("RAM", ram)
     if m["gpus"]:
         for g in m["gpus"]:
             kind = " (unified memory: working-set limit)" if g["unified"] else ""
             mt.add_row(f"GPU {g['index']}", f"{g['name']} [{g['vendor']}] — "
-                       f"{_size(g['total_bytes'])} total, {_size(g['free_bytes'])} free{kind}")
+                       f"{fmt_bytes(g['total_bytes'])} total, {fmt_bytes(g['free_bytes'])} free{kind}")
     else:
         mt.add_row("GPU", "none")
     mt.add_row("offload", m["offload_note"])
-    mt.add_row("disk", f"{_size(m['disk_free'])} free for models")
+    mt.add_row("disk", f"{fmt_bytes(m['disk_free'])} free for models")
     console.print(mt)
 
     t = Table(title="DeepSeek-R1 models on it", title_justify="left")
@@ -148,9 +150,9 @@ def render(report: dict) -> None:
             style = "bold reverse green"
         fits = r["verdict"] != "no-fit"
         t.add_row(
-            ("★ " if r["recommended"] else "") + r["tag"], r["quant"], _size(r["file_bytes"]),
-            _verdict(r), _size(r["ram_bytes"]) if fits else _size(r["ram_bytes"] + r["vram_bytes"]),
-            _size(r["vram_bytes"]) if r["vram_bytes"] and fits else "-",
+            ("★ " if r["recommended"] else "") + r["tag"], r["quant"], fmt_bytes(r["file_bytes"]),
+            r["placement"], fmt_bytes(r["ram_bytes"]) if fits else fmt_bytes(r["ram_bytes"] + r["vram_bytes"]),
+            fmt_bytes(r["vram_bytes"]) if r["vram_bytes"] and fits else "-",
             str(r["n_ctx"]) if fits else "-", _speed(r["tok_s_low"], r["tok_s_high"]),
             style=style)
     console.print(t)

@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
 
     from r1local.catalog import load_catalog
     from r1local.errors import UnknownModelError, UsageError
-    from r1local.hub import fmt_size
+    from r1local.units import fmt_bytes
     from r1local.store import Store, check_name
 
     check_name(args.name)
@@ -46,6 +46,6 @@ def run(args: argparse.Namespace) -> int:
             if f.resolve() not in {p.resolve() for p in model.files} and f.resolve().is_relative_to(root):
                 f.unlink(missing_ok=True)
     how = "linked" if args.link else "copied"
-    print(f"imported {model.name} ({model.quant}, {fmt_size(model.size)}, {how}): "
+    print(f"imported {model.name} ({model.quant}, {fmt_bytes(model.size)}, {how}): "
           f"`r1local run {model.name}`")
     return 0

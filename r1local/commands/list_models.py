@@ -12,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from r1local.hub import fmt_size
+    from r1local.units import fmt_bytes
     from r1local.store import Store
 
     store = Store()
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         where = str(m.path) + ("" if m.present else "  (missing!)")
         origin = {"pull": m.source or "hub", "source": f"built from {m.source}",
                   "import": "import" + (" (link)" if m.linked else "")}.get(m.origin, m.origin)
-        rows.append((m.name, m.quant, fmt_size(m.size), origin,
+        rows.append((m.name, m.quant, fmt_bytes(m.size), origin,
                      m.added_at.replace("T", " ")[:16], where))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:

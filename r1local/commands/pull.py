@@ -25,12 +25,12 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from r1local.errors import UsageError
-    from r1local.hub import pull
+    from r1local.session import pull_model
 
     if args.keep_source and not args.from_source:
         raise UsageError("--keep-source only applies with --from-source")
     try:
-        model = pull(args.tag, quant=args.quant, from_source=args.from_source,
+        model = pull_model(args.tag, quant=args.quant, from_source=args.from_source,
                      keep_source=args.keep_source, progress=not args.quiet)
     except KeyboardInterrupt:
         print(f"\nr1local: interrupted; `r1local pull {args.tag}` again resumes the download",

@@ -15,7 +15,7 @@ def run(args: argparse.Namespace) -> int:
 
     from r1local.catalog import load_catalog
     from r1local.errors import UnknownModelError, UsageError
-    from r1local.hub import fmt_size
+    from r1local.units import fmt_bytes
     from r1local.store import Store
 
     store = Store()
@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     if model is None:
         store.remove(args.name)  # raises UnknownModelError with the closest names
         raise UnknownModelError(f"'{args.name}' is not in the store")
-    what = (f"{model.name} ({fmt_size(model.size)}"
+    what = (f"{model.name} ({fmt_bytes(model.size)}"
             + (", a link: your file is kept" if model.linked else "") + ")")
     if not args.yes:
         if not sys.stdin.isatty():

@@ -44,52 +44,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "into the first message, as DeepSeek advises)")
 
 
-def run(args: argparse.Namespace) -> int:
-    from r1local.errors import R1LocalError
-
-    try:
-        return main(args)
-    except R1LocalError as err:
-        text = one_line(str(err))
-        if text == str(err):
-            raise
-        raise type(err)(text) from None
-
-
-MAX_ERROR_CHARS = 300
-
-
-def one_line(text: str) -> str:
-    """An error message fit for one terminal line: a corrupt file can put control
-    characters and kilobytes of binary into a 'name' that ends up in the message."""
-    out = "".join(c if c.isprintable() and c != "\ufffd" else "?" for c in text)
-    return out if len(out) <= MAX_ERROR_CHARS else out[: MAX_ERROR_CHARS - 1] + "…"
-
-
 # ---- everything below runs only inside `run` (heavy imports are local) -----------------
 
-def main(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     import sys
 
-    from r1local.engine import Engine
-    from r1local.errors import DoesNotFitError, UsageError
-    from r1local.ggufinfo import read_header
+    from r1local import session
+    from r1local.errors import UsageError
 
     ram_limit = _check_numbers(args)
     tag, words = _split_tag(args.tag, args.prompt)
     prompt = " ".join(words)
     interactive = sys.stdin.isatty()
-    # only a chat at a terminal has someone to ask before a download
-    path, stored = _resolve(tag, ask=interactive and not prompt.strip(), ram_limit=ram_limit)
-    header = read_header(path, check_architecture=True, max_array=256)
-    machine, plan = _plan(header, path, args.ctx, args.gpu_layers, ram_limit=ram_limit)
-    if plan is not None and not plan.fits:
-        where = f"this machine with --ram {args.ram}" if ram_limit else "this machine"
-        what = f"{path.name} does not fit {where} ({plan.reason})"
-        if not args.force:
-            raise DoesNotFitError(what, hint="pick a smaller quant or variant (see `r1local hw`), "
-                                  "or add --force to load it anyway")
-        print(f"r1local: warning: {what}; loading it anyway (--force)", file=sys.stderr)
+    if tag is None:  # only a chat at a terminal has someone to ask before a download
+        tag = _recommended(ask=interactive and not prompt.strip(), ram_limit=ram_limit)
+    model = session.locate(tag)
+    machine = session.machine(ram_limit, model.path.parent)
+    warn = lambda text: print(f"r1local: warning: {text}", file=sys.stderr)  # noqa: E731
 
     if not interactive:
         piped = sys.stdin.read()
@@ -98,23 +69,25 @@ def main(args: argparse.Namespace) -> int:
         if not prompt.strip():
             raise UsageError("nothing to answer: give a prompt, or pipe text into stdin")
 
-    engine = Engine.load(path, plan, n_ctx=args.ctx, n_gpu_layers=args.gpu_layers,
-                         n_threads=args.threads, verbose=args.verbose or None)
+    def load(n_ctx: int | None, force: bool):
+        return session.open_model(model, ctx=n_ctx, gpu_layers=args.gpu_layers,
+                                  threads=args.threads, ram_limit=ram_limit, force=force,
+                                  on=machine, verbose=args.verbose or None, warn=warn)
+
+    engine, plan, stored = load(args.ctx, args.force)
     try:
         settings = _settings(args)
         if prompt.strip():
-            return _one_shot(engine, settings, prompt, args)
+            return _one_shot(engine, plan, settings, prompt, args)
 
-        def reload(n_ctx: int) -> Engine:
-            _, new_plan = _plan(header, path, n_ctx, args.gpu_layers, machine=machine)
-            return Engine.load(path, new_plan, n_ctx=n_ctx, n_gpu_layers=args.gpu_layers,
-                               n_threads=args.threads, verbose=args.verbose or None)
+        def reload(n_ctx: int):  # /set context: a context the user chose, so no refusal
+            return load(n_ctx, True)[0]
 
         from r1local.locations import history_file
         from r1local.repl import Repl
 
         repl = Repl(engine, settings, system=args.system, show_thinking=not args.hide_thinking,
-                    reload=reload, describe=describe(engine, plan, stored, header),
+                    reload=reload, describe=describe(engine, plan, stored),
                     history_path=history_file())
         try:
             return repl.run()
@@ -128,7 +101,10 @@ def _check_numbers(args: argparse.Namespace) -> int | None:
     """Refuse nonsense before anything loads; returns --ram in bytes (None: not given)."""
     from r1local.errors import UsageError
 
-    for name in ("ctx", "threads", "max_tokens"):
+    from r1local.planner import check_ctx
+
+    check_ctx(args.ctx, "--ctx")
+    for name in ("threads", "max_tokens"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be a positive number")
@@ -142,7 +118,7 @@ def _check_numbers(args: argparse.Namespace) -> int | None:
             raise UsageError(f"--{name.replace('_', '-')} {value} is out of range")
     if args.ram is None:
         return None
-    from r1local.hardware import parse_size
+    from r1local.units import parse_size
 
     return parse_size(args.ram)
 
@@ -159,19 +135,6 @@ def _split_tag(tag: str | None, prompt: list[str]) -> tuple[str | None, list[str
     return tag, list(prompt)
 
 
-def _machine(ram_limit: int | None, models_dir=None):
-    """This machine as probed, with at most ``ram_limit`` bytes of RAM where given."""
-    from dataclasses import replace
-
-    from r1local.hardware import probe
-
-    machine = probe(models_dir)
-    if ram_limit is not None:
-        machine = replace(machine, ram_total=min(machine.ram_total, ram_limit),
-                          ram_available=min(machine.ram_available, ram_limit))
-    return machine
-
-
 def _settings(args: argparse.Namespace):
     from r1local.engine import GenerationSettings
 
@@ -185,70 +148,29 @@ def _settings(args: argparse.Namespace):
     return s
 
 
-def _looks_like_path(tag: str) -> bool:
-    import os
-    from pathlib import Path
-
-    return (tag.lower().endswith(".gguf") or "/" in tag or os.sep in tag
-            or tag.startswith(("~", ".")) or Path(tag).exists())
-
-
-def _resolve(tag: str | None, *, ask: bool = False, ram_limit: int | None = None):
-    """(path, stored model or None) for a TAG, a path, or the recommended model."""
-    from pathlib import Path
-
-    from r1local.catalog import load_catalog
-    from r1local.errors import ModelFileError, UnknownModelError
-
-    if tag is None:
-        return _recommended(ask, ram_limit)
-    if _looks_like_path(tag):
-        p = Path(tag).expanduser()
-        if not p.exists():
-            near = sorted(x.name for x in p.parent.glob("*.gguf"))[:5] if p.parent.is_dir() else []
-            raise ModelFileError(f"{tag} does not exist",
-                                 hint=f"GGUF files there: {', '.join(near)}" if near else
-                                 "give the path to a .gguf file, or a tag like 7b (`r1local list`)")
-        return p, None
-    catalog = load_catalog()
-    try:
-        from r1local.store import Store, resolve_gguf
-    except ImportError:  # the store is not built yet: catalog names can only be suggested
-        catalog.resolve(tag)
-        raise UnknownModelError(f"'{tag}' is not downloaded",
-                                hint=f"run `r1local pull {tag}`, or give a path to a .gguf") from None
-    return resolve_gguf(tag, catalog, Store())
-
-
-def _recommended(ask: bool, ram_limit: int | None):
-    """The planner's pick for this machine: from the store, or pulled. At a terminal the
-    user is asked first (``ask``); a script is not (as `ollama run` does), but stderr says
-    what is being fetched and how big it is, so nobody wonders what the wait is."""
+def _recommended(ask: bool, ram_limit: int | None) -> str:
+    """The store name of the planner's pick for this machine, pulled first if needed. At a
+    terminal the user is asked first (``ask``); a script is not (as `ollama run` does), but
+    stderr says what is being fetched and how big it is, so nobody wonders what the wait is."""
     import sys
 
+    from r1local import session
     from r1local.catalog import load_catalog
     from r1local.errors import DoesNotFitError, UsageError
-
-    try:
-        from r1local.hub import pull
-        from r1local.planner import recommend
-        from r1local.store import Store, resolve_gguf
-    except ImportError:
-        raise UsageError("no model given: use `r1local run PATH.gguf` or `r1local run TAG`") from None
-    from r1local.chat_view import fmt_bytes
+    from r1local.store import Store
+    from r1local.units import fmt_bytes
 
     catalog = load_catalog()
-    machine = _machine(ram_limit)
-    plan = recommend(catalog, machine)
+    store = Store()
+    machine = session.machine(ram_limit, store.root)
+    plan = session.recommendation(catalog, machine)
     if not plan.fits:
         raise DoesNotFitError(f"no R1 model fits this machine ({plan.reason})",
                               hint="see `r1local hw`, or name a model and add --force")
     ref = f"{plan.model}:{plan.quant}"
-    store = Store()
     if store.find(ref, catalog) is not None:
-        path, stored = resolve_gguf(ref, catalog, store)  # says so if its files are gone
         print(f"using {ref}, the recommended model for this machine", file=sys.stderr)
-        return path, stored
+        return ref
     size = fmt_bytes(catalog.resolve(ref).variant.quant(plan.quant).total_size)
     if ask:
         try:
@@ -262,48 +184,20 @@ def _recommended(ask: bool, ram_limit: int | None):
     else:
         print(f"pulling {ref} ({size}), the recommended model for this machine; name a model "
               "to use another (`r1local run TAG`)", file=sys.stderr)
-    stored = pull(ref, machine=machine, store=store)
-    return stored.path, stored
+    return session.pull_model(ref, on=machine, store=store).name
 
 
-def _plan(header, path, n_ctx, n_gpu_layers, *, machine=None, ram_limit=None):
-    """(machine, plan) from the planner, or (None, None) where it is not available."""
-    try:
-        from r1local.planner import plan_gguf
-    except ImportError:
-        return None, None
-    machine = machine or _machine(ram_limit, path.parent)
-    return machine, plan_gguf(header, machine, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers)
-
-
-def quant_name(header) -> str:
-    from gguf.constants import LlamaFileType
-
-    ft = header.get("general.file_type")
-    try:
-        return LlamaFileType(ft).name.removeprefix("MOSTLY_").removeprefix("ALL_")
-    except (ValueError, TypeError):
-        return "?"
-
-
-def describe(engine, plan, stored, header) -> str:
+def describe(engine, plan, stored) -> str:
     """The one start line: what was loaded and how."""
-    from r1local.chat_view import fmt_bytes
+    from r1local.units import fmt_bytes
 
     variant = (stored.name.split(":")[0] if stored is not None else None) or engine.name
-    quant = (plan.quant if plan is not None and plan.quant else None) \
-        or (stored.quant if stored is not None else None) or quant_name(header)
-    n_layers = header.arch_value("block_count") or "?"
-    if plan is not None:
-        mem = f"GPU {fmt_bytes(plan.vram_bytes)} + RAM {fmt_bytes(plan.ram_bytes)}"
-    else:
-        mem = f"RAM ~{fmt_bytes(engine.path.stat().st_size)}"
-    gpu = min(engine.n_gpu_layers, n_layers) if isinstance(n_layers, int) else engine.n_gpu_layers
-    return (f"{variant} · {quant} · {gpu}/{n_layers} layers on GPU · {mem} · "
+    return (f"{variant} · {plan.quant} · {plan.layers_on_gpu}/{plan.n_layers} layers on GPU · "
+            f"GPU {fmt_bytes(plan.vram_bytes)} + RAM {fmt_bytes(plan.ram_bytes)} · "
             f"context {engine.n_ctx} · {engine.n_threads} threads")
 
 
-def _one_shot(engine, settings, prompt: str, args: argparse.Namespace) -> int:
+def _one_shot(engine, plan, settings, prompt: str, args: argparse.Namespace) -> int:
     import json
     import sys
 
@@ -337,7 +231,7 @@ def _one_shot(engine, settings, prompt: str, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"model": engine.name, "thinking": "".join(thinking),
                           "answer": "".join(answer), "finish_reason": st.finish_reason,
-                          "stats": st.as_dict()}, ensure_ascii=False))
+                          "stats": st.as_dict(), "plan": plan.as_dict()}, ensure_ascii=False))
         return 0
     if answer:
         sys.stdout.write("\n")

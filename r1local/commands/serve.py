@@ -53,15 +53,18 @@ def run(args: argparse.Namespace) -> int:
         max_loaded=_at_least("--max-loaded", args.max_loaded, 1), n_ctx=args.ctx,
         n_threads=_at_least("--threads", args.threads, 1) if args.threads is not None else None,
     )
-    if args.ctx is not None:
-        _at_least("--ctx", args.ctx, 16)
+    from r1local.planner import check_ctx
+
+    check_ctx(args.ctx, "--ctx")
     _at_least("--port", args.port, 0)
     warning = exposure_warning(config.host, config.api_key)
     if warning:
         print(f"r1local: {warning}", file=sys.stderr, flush=True)
     if config.model:
         _check_model(config.model)  # an unknown --model fails before anything listens
-    sock = _bind(config.host, config.port)
+    from r1local.server.listening import listen
+
+    sock = listen(config.host, config.port)
     import asyncio
 
     try:
@@ -130,25 +133,3 @@ def _at_least(flag: str, value: int, low: int) -> int:
     if value < low:
         raise UsageError(f"{flag} must be at least {low} (got {value})")
     return value
-
-
-def _bind(host: str, port: int):
-    """Bind before starting uvicorn: a busy port is one clear line, and --port 0 works."""
-    import socket
-
-    from r1local.errors import UsageError
-
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host.strip("[]"), port))
-    except OSError as err:
-        sock.close()
-        if err.errno in (98, 48):  # EADDRINUSE (Linux, macOS)
-            raise UsageError(f"port {port} on {host} is already in use",
-                             hint="stop the other server or pick another --port") from None
-        raise UsageError(f"cannot listen on {host}:{port}: {err.strerror}") from None
-    sock.listen(128)
-    sock.set_inheritable(True)
-    return sock

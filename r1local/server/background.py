@@ -28,10 +28,10 @@ class BackgroundServer:
     def start(self) -> "BackgroundServer":
         import uvicorn
 
-        from r1local.commands.serve import _bind
         from r1local.server.app import create_app
+        from r1local.server.listening import listen
 
-        self._sock = _bind(self.config.host, self.config.port)
+        self._sock = listen(self.config.host, self.config.port)
         host, port = self._sock.getsockname()[:2]
         self.port = port
         self.url = f"http://{host}:{port}"

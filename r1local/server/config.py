@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 DEFAULT_HOST = "127.0.0.1"
 # Ollama's own port is 11434; ours is the next one so both can run side by side.
@@ -31,7 +31,6 @@ class ServerConfig:
     max_loaded: int = DEFAULT_MAX_LOADED
     n_ctx: int | None = None  # override the planner's context for every load
     n_threads: int | None = None  # override the planner's thread count
-    extra: dict = field(default_factory=dict)
 
 
 def parse_duration(value: object) -> float:

@@ -12,16 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from r1local.reasoning import THINK_CLOSE, THINK_OPEN
-
-# general.file_type ids (llama.cpp's LLAMA_FTYPE_*) for the names listings show
-_FTYPE_NAMES = {
-    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
-    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
-    17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS",
-    23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S",
-    29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16",
-}
+from r1local.reasoning import THINK_OPEN, is_reasoning_model
 
 
 def iso(ts: float) -> str:
@@ -41,9 +32,9 @@ def _size_label(n: int) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _header_facts(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
-    from r1local.ggufinfo import read_header
+    from r1local.ggufinfo import read_header, read_model_header
 
-    h = read_header(path, max_array=0)
+    h = read_model_header(path, max_array=0, check_architecture=False)
     arch = h.architecture
     template = h.get("tokenizer.chat_template")
     template = template if isinstance(template, str) else ""
@@ -55,11 +46,12 @@ def _header_facts(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
         "arch": arch,
         "template": template,
         "name": str(h.get("general.name") or Path(path).stem),
-        "quant": _FTYPE_NAMES.get(h.get("general.file_type"), "unknown"),
+        "quant": h.quant,
         "parameter_size": _size_label(n_params),
         "context_length": h.arch_value("context_length"),
-        # the R1 template only names `</think>` (it strips earlier reasoning)
-        "reasoning": THINK_OPEN in template or THINK_CLOSE in template,
+        # the engine's rule; the vocabulary (150k strings) is read only if the template is silent
+        "reasoning": is_reasoning_model(template, lambda: THINK_OPEN in (
+            read_header(path).get("tokenizer.ggml.tokens") or ())),
         "model_info": info,
         # a cheap identity (Ollama shows sha256 digests; hashing GBs per listing is not cheap)
         "digest": hashlib.sha256(f"{path}:{size}:{mtime_ns}".encode()).hexdigest(),

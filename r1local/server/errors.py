@@ -54,14 +54,13 @@ def body_for(path: str, err: ApiError) -> dict[str, Any]:
 
 def from_r1local(err: Exception) -> ApiError:
     """Map the library's own errors (raised while resolving, loading or generating)."""
-    from r1local.errors import (DoesNotFitError, ModelFileError, NetworkError,
-                                UnknownModelError, UsageError)
+    from r1local.errors import (ContextFullError, DoesNotFitError, ModelFileError,
+                                NetworkError, UnknownModelError, UsageError)
 
-    cls = type(err).__name__
     msg = str(err)
     if isinstance(err, UnknownModelError):
         return not_found(msg)
-    if cls == "ContextFullError":
+    if isinstance(err, ContextFullError):
         return ApiError(400, msg, code="context_length_exceeded")
     if isinstance(err, UsageError):
         return bad_request(msg)

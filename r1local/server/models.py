@@ -1,8 +1,8 @@
 """The model manager: names to engines, loaded on first use, one request at a time per model.
 
-- A name is resolved like `r1local run` does: a path to a .gguf, else the store
-  (`resolve_gguf`: store name, catalog tag, alias). Engines are keyed by the resolved file,
-  so "7b" and "7b:Q4_K_M" share one.
+- A name is resolved, planned and loaded through r1local.session, as `r1local run` does: a
+  path to a .gguf, else the store (store name, catalog tag, alias). Engines are keyed by the
+  resolved file, so "7b" and "7b:Q4_K_M" share one.
 - Each model has a FIFO queue (asyncio.Lock wakes waiters in order): none is lost; when
   `max_queue` requests already wait, the next gets 503.
 - After a request the model stays loaded for its keep_alive (Ollama semantics: < 0 forever,
@@ -14,36 +14,23 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from r1local.planner import pad_ctx
 from r1local.server.errors import ApiError, from_r1local, not_found
 
 if TYPE_CHECKING:
     from r1local.engine import Engine
+    from r1local.session import ModelFile
 
 SWEEP_SECONDS = 0.2
-# llama.cpp pads every context to a multiple of 256 tokens; asking for the padded size
-# keeps llama-cpp-python's token buffer and the real context the same length
-CTX_PAD = 256
 
 
-def padded_ctx(n_ctx: int | None) -> int | None:
-    return None if n_ctx is None else -(-n_ctx // CTX_PAD) * CTX_PAD
-
-
-@dataclass
-class Resolved:
-    path: Path
-    stored: Any  # StoredModel | None
-    name: str  # what the client called it
-
-    @property
-    def key(self) -> str:
-        return str(self.path.resolve())
+def key_of(model: "ModelFile") -> str:
+    """Engines are keyed by the file itself, so "7b" and "7b:Q4_K_M" share one."""
+    return str(model.path.resolve())
 
 
 @dataclass
@@ -52,8 +39,7 @@ class Loaded:
 
     key: str
     name: str
-    path: Path
-    stored: Any
+    model: "ModelFile"
     engine: "Engine"
     plan: Any
     loaded_at: float  # time.time()
@@ -65,7 +51,7 @@ class Loaded:
     @property
     def size(self) -> int:
         try:
-            return self.path.stat().st_size
+            return self.model.size  # every part of a split model
         except OSError:
             return 0
 
@@ -94,61 +80,28 @@ class _Queue:
     pending: int = 0  # waiting + running
 
 
-def _looks_like_path(ref: str) -> bool:
-    return (ref.lower().endswith(".gguf") or "/" in ref or os.sep in ref
-            or ref.startswith(("~", ".")))
-
-
-def resolve_name(name: str) -> Resolved:
+def resolve_name(name: str) -> "ModelFile":
     """A request's model name -> file on disk (blocking: call from a worker thread)."""
+    from r1local import session
     from r1local.errors import R1LocalError, UnknownModelError
 
     if not name:
         raise ApiError(400, "the request names no model (field \"model\")", param="model")
-    if _looks_like_path(name) or Path(name).expanduser().is_file():
-        p = Path(name).expanduser()
-        if not p.is_file():
-            raise not_found(f"model '{name}' not found: no such file")
-        return Resolved(p, None, name)
     try:
-        from r1local.store import Store, resolve_gguf
-    except ImportError:
-        raise not_found(f"model '{name}' not found: give a path to a .gguf file "
-                        "(the model store is not available)") from None
-    from r1local.catalog import load_catalog
-
-    try:
-        path, stored = resolve_gguf(name, load_catalog(), Store())
+        return session.locate(name)
     except UnknownModelError as err:
         raise not_found(f"model '{name}' not found: {err}") from None
     except R1LocalError as err:
         raise from_r1local(err) from None
-    return Resolved(Path(path), stored, name)
 
 
-def _plan_for(path: Path, n_ctx: int | None) -> Any:
-    """The planner's Plan for this file on this machine, or None where there is no planner."""
-    try:
-        from r1local.hardware import probe
-        from r1local.planner import plan_gguf
-    except ImportError:
-        return None
-    from r1local.ggufinfo import read_header
-
-    header = read_header(path, check_architecture=True, max_array=256)
-    return plan_gguf(header, probe(path.parent), n_ctx=n_ctx)
-
-
-def load_engine(path: Path, n_ctx: int | None,
+def load_engine(model: "ModelFile", n_ctx: int | None,
                 n_threads: int | None = None) -> tuple["Engine", Any]:
     """Load with the planner's settings (blocking)."""
-    from r1local.engine import Engine
-    from r1local.errors import DoesNotFitError
+    from r1local import session
 
-    plan = _plan_for(path, n_ctx)
-    if plan is not None and not plan.fits:
-        raise DoesNotFitError(f"{path.name} does not fit this machine ({plan.reason})")
-    return Engine.load(path, plan, n_ctx=n_ctx, n_threads=n_threads), plan
+    engine, plan, _ = session.open_model(model, ctx=n_ctx, threads=n_threads)
+    return engine, plan
 
 
 class ModelManager:
@@ -200,10 +153,10 @@ class ModelManager:
 
     # ---- the queue ---------------------------------------------------------------------
 
-    async def resolve(self, name: str) -> Resolved:
+    async def resolve(self, name: str) -> "ModelFile":
         for slot in self.loaded.values():  # a name already loaded: no disk look-up
             if name in (slot.name, slot.key):
-                return Resolved(slot.path, slot.stored, name)
+                return slot.model
         return await asyncio.to_thread(resolve_name, name)
 
     async def acquire(self, name: str, *, keep_alive: float | None = None,
@@ -211,7 +164,7 @@ class ModelManager:
         """Wait for this model's turn (FIFO), loading it if needed. Raises ApiError 404/503/500."""
         t0 = time.monotonic()
         res = await self.resolve(name)
-        key = res.key
+        key = key_of(res)
         q = self._queues.setdefault(key, _Queue())
         if q.pending > self.max_queue:  # one running + max_queue waiting
             raise ApiError(503, f"server busy: {q.pending - 1} requests already wait for "
@@ -225,7 +178,8 @@ class ModelManager:
             raise
         try:
             queued = time.monotonic() - t0
-            want_ctx = padded_ctx(n_ctx or self.n_ctx)
+            want = n_ctx or self.n_ctx
+            want_ctx = pad_ctx(want) if want else None
             slot = self.loaded.get(key)
             load_seconds = 0.0
             if slot is not None and want_ctx and slot.engine.n_ctx != want_ctx:
@@ -235,7 +189,7 @@ class ModelManager:
                 await self._make_room(key)
                 t1 = time.monotonic()
                 try:
-                    engine, plan = await asyncio.to_thread(load_engine, res.path, want_ctx,
+                    engine, plan = await asyncio.to_thread(load_engine, res, want_ctx,
                                                            self.n_threads)
                 except ApiError:
                     raise
@@ -243,7 +197,7 @@ class ModelManager:
                     raise from_r1local(err) from None
                 load_seconds = time.monotonic() - t1
                 now = time.monotonic()
-                slot = Loaded(key=key, name=res.name, path=res.path, stored=res.stored,
+                slot = Loaded(key=key, name=name, model=res,
                               engine=engine, plan=plan, loaded_at=time.time(), last_used=now,
                               keep_alive=self.keep_alive)
                 self.loaded[key] = slot
@@ -279,12 +233,12 @@ class ModelManager:
 
     async def unload(self, name: str) -> bool:
         """Unload now (keep_alive 0 with no prompt). False when it was not loaded."""
-        res = await self.resolve(name)
-        if res.key not in self.loaded:
+        key = key_of(await self.resolve(name))
+        if key not in self.loaded:
             return False
-        q = self._queues.setdefault(res.key, _Queue())
+        q = self._queues.setdefault(key, _Queue())
         async with q.lock:
-            await self._close(res.key)
+            await self._close(key)
         return True
 
     def _idle(self, key: str) -> bool:

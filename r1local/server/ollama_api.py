@@ -20,7 +20,7 @@ from r1local.server import describe, streaming
 from r1local.server.calls import (chat_call, completion_call, finish_reason,
                                   settings_from_ollama, think_flag)
 from r1local.server.config import parse_duration
-from r1local.server.errors import ApiError, bad_request, ollama_body
+from r1local.server.errors import bad_request, ollama_body
 from r1local.server.schemas import (ChatRequest, GenerateRequest, PullRequest, ShowRequest,
                                     parse)
 
@@ -177,23 +177,22 @@ async def chat(request: Request) -> Any:
 
 def known_models(request: Request) -> list[dict]:
     """Store entries, then loaded models and --model that are not in the store (paths)."""
-    out: dict[str, dict] = {}
-    try:
-        from r1local.store import Store
+    from r1local.store import Store
 
-        for m in Store().list():
-            out[str(m.path.resolve())] = {"name": m.name, "path": m.path, "stored": m}
-    except ImportError:
-        pass
+    out: dict[str, dict] = {}
+    for m in Store().list():
+        out[str(m.path.resolve())] = {"name": m.name, "path": m.path, "stored": m}
     manager = request.app.state.manager
     for slot in manager.loaded.values():
-        out.setdefault(slot.key, {"name": slot.name, "path": slot.path, "stored": slot.stored})
+        out.setdefault(slot.key, {"name": slot.name, "path": slot.model.path,
+                                  "stored": slot.model.stored})
     return list(out.values())
 
 
 def _entry(name: str, path, stored: Any) -> dict:
     return {"name": name, "model": name, "modified_at": describe.modified_at(path, stored),
-            "size": path.stat().st_size, "digest": describe.digest(path, stored),
+            "size": stored.size if stored is not None else path.stat().st_size,
+            "digest": describe.digest(path, stored),
             "details": describe.details(path, stored)}
 
 
@@ -210,11 +209,12 @@ async def ps(request: Request) -> dict:
     out = []
     now_mono, now = time.monotonic(), time.time()
     for slot in list(request.app.state.manager.loaded.values()):
-        entry = _entry(slot.name, slot.path, slot.stored)
+        entry = _entry(slot.name, slot.model.path, slot.model.stored)
         # expires_at: in use or kept forever -> far future, as Ollama shows for keep_alive -1
         remaining = (slot.expires_at - now_mono) if slot.expires_at is not None else 1e9
         entry.update({"expires_at": describe.iso(now + min(remaining, 1e9)),
-                      "size_vram": slot.vram_bytes, "context_length": slot.engine.n_ctx})
+                      "size_vram": slot.vram_bytes, "context_length": slot.engine.n_ctx,
+                      "plan": slot.plan.as_dict()})  # r1local's own: how it was loaded
         del entry["modified_at"]
         out.append(entry)
     return {"models": out}
@@ -252,10 +252,7 @@ async def pull(request: Request) -> Any:
     ref = req.model or req.name
     if not ref:
         raise bad_request("the request names no model (field \"model\")", param="model")
-    try:
-        from r1local import hub
-    except ImportError:
-        raise ApiError(501, "pulling is not available in this build (no hub module)") from None
+    from r1local.session import pull_model
     from r1local.server.pulling import run_pull
 
-    return await run_pull(hub, ref, req.stream)
+    return await run_pull(pull_model, ref, req.stream)

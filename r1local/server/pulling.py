@@ -1,15 +1,16 @@
-"""POST /api/pull: run hub.pull in a worker thread and stream Ollama's progress objects.
+"""POST /api/pull: run a pull in a worker thread and stream Ollama's progress objects.
 
 Ollama streams `{"status": ...}` lines, with `digest`, `total` and `completed` while
-downloading, and ends with `{"status": "success"}`. hub.pull is given a progress callback;
-it may report either a dict (passed through) or (completed, total[, label]) numbers.
+downloading, and ends with `{"status": "success"}`. The pull (session.pull_model) is given a
+progress callback; it may report either a dict (passed through) or (completed, total[,
+label]) numbers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -34,7 +35,7 @@ def _event(*args: Any, **kwargs: Any) -> dict:
     return ev
 
 
-async def run_pull(hub: Any, ref: str, stream: bool) -> Any:
+async def run_pull(pull: Callable[..., Any], ref: str, stream: bool) -> Any:
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
 
@@ -43,7 +44,7 @@ async def run_pull(hub: Any, ref: str, stream: bool) -> Any:
 
     def work() -> Any:
         try:
-            return hub.pull(ref, progress=progress)
+            return pull(ref, progress=progress)
         finally:
             loop.call_soon_threadsafe(queue.put_nowait, _END)
 
@@ -68,7 +69,7 @@ async def run_pull(hub: Any, ref: str, stream: bool) -> Any:
             stored = await task
         except Exception as err:  # R1LocalError: unknown tag, offline, disk full
             raise (err if isinstance(err, ApiError) else from_r1local(err)) from None
-        # hub.pull verified every sha256 and wrote the manifest before returning
+        # the pull verified every sha256 and wrote the manifest before returning
         yield {"status": "success", "model": getattr(stored, "name", ref)}
 
     if not stream:

@@ -12,6 +12,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from r1local.planner import MIN_CTX
 from r1local.server.errors import ApiError, bad_request
 
 # Ollama `options` key -> GenerationSettings field (num_predict / num_ctx handled apart)
@@ -46,7 +47,7 @@ class Sampling(_Body):
 
 
 class OllamaOptions(Sampling):
-    num_ctx: int | None = Field(None, ge=16)
+    num_ctx: int | None = Field(None, ge=MIN_CTX)
     num_predict: int | None = Field(None, ge=-2)  # -1: no limit, -2: fill the context
     stop: Stop = None
 
@@ -92,11 +93,6 @@ class PullRequest(_Body):
     name: str = ""  # older clients
     stream: bool = True
     insecure: bool = False
-
-
-class DeleteRequest(_Body):
-    model: str = ""
-    name: str = ""
 
 
 class TextPart(BaseModel):

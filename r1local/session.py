@@ -1,0 +1,151 @@
+"""The one seam from a model reference to a loaded model: resolve -> read the header (every
+part of a split file) -> probe the machine -> plan -> load; and the one answer to "which
+quant of this variant for this machine".
+
+run, show, pull, hw and the server all come through here, so one reference gets the same
+file, the same plan and the same quant from every command. The pieces stay where they
+live (store resolves, ggufinfo reads, planner plans, engine loads); this module only
+wires them, in one order.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from r1local.errors import DoesNotFitError
+from r1local.units import fmt_bytes
+
+if TYPE_CHECKING:
+    from r1local.catalog import Catalog, Variant
+    from r1local.engine import Engine
+    from r1local.ggufinfo import GGUFHeader
+    from r1local.hardware import Machine
+    from r1local.planner import Plan
+    from r1local.store import Store, StoredModel
+
+# plan for the machine a profile file describes instead of this one (`hw --profile`'s format)
+PROFILE_ENV = "R1LOCAL_PROFILE"
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A model reference resolved to what llama.cpp will load."""
+
+    ref: str  # what the user or client called it
+    path: Path  # the GGUF llama.cpp is given (the first part of a split model)
+    stored: "StoredModel | None"  # its store entry, if it has one
+    header: "GGUFHeader"  # the first part's metadata with every part's tensors
+
+    @property
+    def parts(self) -> tuple[Path, ...]:
+        return tuple(map(Path, self.header.parts)) or (self.path,)
+
+    @property
+    def size(self) -> int:
+        return sum(p.stat().st_size for p in self.parts)
+
+    @property
+    def quant(self) -> str:
+        return (self.stored.quant if self.stored is not None else None) or self.header.quant
+
+
+def machine(ram_limit: int | None = None, models_dir: Path | None = None) -> "Machine":
+    """The machine to plan for: this one as probed (or the profile $R1LOCAL_PROFILE
+    names), with at most ``ram_limit`` bytes of RAM where given (`--ram`)."""
+    from r1local.hardware import load_profile, probe
+
+    profile = os.environ.get(PROFILE_ENV)
+    found = load_profile(profile) if profile else probe(models_dir)
+    if ram_limit is not None:
+        found = replace(found, ram_total=min(found.ram_total, ram_limit),
+                        ram_available=min(found.ram_available, ram_limit))
+    return found
+
+
+def pick_quant(variant: "Variant", on: "Machine") -> "Plan":
+    """The quant of ``variant`` to use on this machine: the best quality that fits with a
+    useful context and still decodes at the speed floor (quant_choice.MIN_TOK_S), the rule
+    `hw` recommends by. Every command that chooses a quant asks here."""
+    from r1local.quant_choice import MIN_TOK_S, choose_quant
+
+    return choose_quant(variant, on, min_tok_s=MIN_TOK_S)
+
+
+def recommendation(catalog: "Catalog", on: "Machine") -> "Plan":
+    """The variant and quant this machine should run (what `hw` stars and `run` with no
+    model uses), by the same speed floor as pick_quant."""
+    from r1local.quant_choice import MIN_TOK_S, recommend
+
+    return recommend(catalog, on, min_tok_s=MIN_TOK_S)
+
+
+def locate(ref: str, *, store: "Store | None" = None,
+           catalog: "Catalog | None" = None) -> ModelFile:
+    """A reference (a .gguf path, a store name, a catalog tag or alias) -> its file and
+    header; every part of a split model must be present."""
+    from r1local.catalog import load_catalog
+    from r1local.ggufinfo import read_model_header
+    from r1local.store import Store, resolve_gguf
+
+    path, stored = resolve_gguf(ref, catalog or load_catalog(), store or Store())
+    return ModelFile(ref=ref, path=Path(path), stored=stored, header=read_model_header(path))
+
+
+def plan_model(model: ModelFile, on: "Machine", *, ctx: int | None = None,
+               gpu_layers: int | None = None) -> "Plan":
+    """The planner's settings for this file on this machine (from its real tensor sizes)."""
+    from r1local.planner import plan_gguf
+
+    plan = plan_gguf(model.header, on, n_ctx=ctx, n_gpu_layers=gpu_layers)
+    return replace(plan, quant=model.quant)
+
+
+def open_model(ref: "str | ModelFile", *, ctx: int | None = None, gpu_layers: int | None = None,
+               threads: int | None = None, ram_limit: int | None = None, force: bool = False,
+               on: "Machine | None" = None, verbose: bool | None = None,
+               warn: Callable[[str], None] | None = None,
+               ) -> "tuple[Engine, Plan, StoredModel | None]":
+    """Resolve, plan and load a model. A plan that does not fit is refused with the fix,
+    unless ``force`` (then ``warn`` is told, and it loads anyway)."""
+    from r1local.engine import Engine
+
+    model = ref if isinstance(ref, ModelFile) else locate(ref)
+    on = on or machine(ram_limit, model.path.parent)
+    plan = plan_model(model, on, ctx=ctx, gpu_layers=gpu_layers)
+    if threads is not None:
+        plan = replace(plan, n_threads=threads)
+    if not plan.fits:
+        where = ("this machine" if ram_limit is None
+                 else f"this machine with {fmt_bytes(ram_limit)} of RAM (--ram)")
+        what = f"{model.path.name} does not fit {where} ({plan.reason})"
+        if not force:
+            raise DoesNotFitError(what, hint="pick a smaller quant or variant (see `r1local hw`), "
+                                  "or add --force to load it anyway")
+        if warn is not None:
+            warn(f"{what}; loading it anyway (--force)")
+    engine = Engine.load(model.path, plan, verbose=verbose)
+    return engine, plan, model.stored
+
+
+def pull_model(ref: str, *, quant: str | None = None, on: "Machine | None" = None,
+               store: "Store | None" = None, **pull_options) -> "StoredModel":
+    """Download ``ref`` into the store; where neither it nor ``quant`` names a quant, the
+    one this machine should run (pick_quant), saying why."""
+    from r1local import hub
+    from r1local.catalog import load_catalog
+    from r1local.store import Store
+
+    store = store or Store()
+    mref = load_catalog().resolve(ref)
+    notes: list[str] = []
+    if quant is None and mref.quant is None:
+        plan = pick_quant(mref.variant, on or machine(models_dir=store.root))
+        quant = plan.quant
+        tag = f"{mref.variant.tag}:{plan.quant}"
+        notes.append(f"chose {tag} for this machine: {plan.reason}" if plan.fits else
+                     f"{plan.quant} is the smallest {mref.variant.tag} quant, and it does not "
+                     f"fit this machine ({plan.reason}); downloading it anyway")
+    return hub.pull(ref, quant=quant, store=store, notes=notes, **pull_options)
