@@ -71,6 +71,7 @@ def convert(src: str | Path, out: str | Path, quant: str = "F16", *, threads: in
     folder, source, resolved_rev = _resolve_source(src, revision, progress)
     ckpt = Checkpoint(folder)
     arch = for_config(ckpt.config)
+    arch.check(ckpt.shape, set(ckpt.entries))  # before any loop or buffer is sized by it
     vocab = read_vocab(folder, ckpt.config.get("vocab_size"))
     jobs = arch.jobs(list(ckpt.entries), ckpt.shape)
     if imatrix_names is not None and not imatrix_names & {j.gguf_name for j in jobs}:

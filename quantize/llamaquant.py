@@ -114,14 +114,29 @@ def quantize_file(src: Path, dst: Path, quant: str, *, threads: int | None, expe
 
 
 def _in_process(src: Path, dst: Path, quant: str, threads: int | None) -> None:
+    import ctypes
+
     import llama_cpp
+    from llama_cpp import _logger
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant}")
     params.nthread = threads or os.cpu_count() or 1
-    rc = int(llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params))
+    # llama.cpp's log (dozens of lines per run) is kept for the error message, not printed
+    log: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def keep(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        log.append(text.decode("utf-8", "replace"))
+
+    llama_cpp.llama_log_set(keep, ctypes.c_void_p(0))
+    try:
+        rc = int(llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params))
+    finally:  # llama-cpp-python's own logger again, for the rest of the process
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
     if rc != 0:
-        raise ConvertError(f"llama.cpp's quantizer failed on {quant} (code {rc}); see the messages above")
+        reason = failure_reason("".join(log)) or f"code {rc}"
+        raise ConvertError(f"llama.cpp's quantizer failed making {quant}: {_clip(reason)}")
 
 
 def _with_tool(src: Path, dst: Path, quant: str, threads: int | None, imatrix: Path,
@@ -146,9 +161,7 @@ def _with_tool(src: Path, dst: Path, quant: str, threads: int | None, imatrix: P
             how = f"was killed by signal {-proc.returncode}"
     else:
         how = f"failed (exit code {proc.returncode})"
-    reason = failure_reason(log)
-    if len(reason) > 240:  # one readable line, whatever the tool printed
-        reason = reason[:237] + "..."
+    reason = _clip(failure_reason(log))
     hint = ("; make the importance matrix with llama-imatrix from this same model"
             if "imatrix" in reason.lower() or "importance matrix" in reason.lower() else "")
     raise ConvertError(f"{tool.name} {how} making {quant}: {reason or 'no message'}{hint}")
@@ -163,6 +176,11 @@ _REASONS = (
     re.compile(r"(error: .+)", re.IGNORECASE),
     re.compile(r"(.*(?:failed|error).*)", re.IGNORECASE),
 )
+
+
+def _clip(reason: str) -> str:
+    """One readable line, whatever llama.cpp printed."""
+    return reason if len(reason) <= 240 else reason[:237] + "..."
 
 
 def failure_reason(log: str) -> str:

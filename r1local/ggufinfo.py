@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from quantize import hparams
 from quantize.formats import ARRAY as _ARRAY
 from quantize.formats import GGUF_SCALAR_FORMATS
 from quantize.formats import STRING as _STRING
@@ -378,11 +379,18 @@ def check_runnable(h: GGUFHeader) -> None:
                              f"(supported: {', '.join(sorted(KNOWN_ARCHITECTURES))})")
     if not h.tensors:
         raise ModelFileError(f"{name} holds no tensors (is it a vocab-only file?)")
-    if not isinstance(h.arch_value("block_count"), int):
-        raise ModelFileError(f"{name} lacks {arch}.block_count")
     tokens = h.get("tokenizer.ggml.tokens")
     if tokens is None:
         raise ModelFileError(f"{name} has no tokenizer")
+    prefix = arch + "."
+    values = {k[len(prefix):]: v for k, v in h.metadata.items() if k.startswith(prefix)}
+    embd = h.tensor("token_embd.weight")
+    try:
+        hparams.check(values, n_vocab=tokens.count if isinstance(tokens, ArraySummary)
+                      else len(tokens), shapes={embd.name: embd.shape} if embd else None)
+    except hparams.Invalid as err:
+        raise ModelFileError(f"{name} cannot be loaded: its {err}", hint="the file is damaged or was written wrong: download or "
+                                  "convert it again") from None
 
 
 # llama.cpp's gguf-split names part N of M "PREFIX-0000N-of-0000M.gguf" and finds the other

@@ -108,6 +108,34 @@ def test_bad_checkpoints(ckpt, tmp_path, kind, needles):
     _assert_one_line_error(proc, out_dir, *needles)
 
 
+# config.json values a converter must refuse rather than write into a GGUF llama.cpp
+# aborts on (NaN epsilon), cannot size (1e9 layers, 1e12 tokens) or cannot load
+@pytest.mark.parametrize("change,needles", [
+    ({"rms_norm_eps": float("nan")}, ["layer_norm_rms_epsilon is nan"]),
+    ({"rms_norm_eps": -1e-6}, ["layer_norm_rms_epsilon is -1e-06"]),
+    ({"num_hidden_layers": "two"}, ["num_hidden_layers is 'two', not a whole number"]),
+    ({"num_hidden_layers": 1e9}, ["block_count is 1000000000, outside 1..512"]),
+    ({"num_hidden_layers": 0}, ["block_count is 0"]),
+    ({"vocab_size": 1e12}, ["vocabulary size is 1000000000000"]),
+    ({"num_attention_heads": -4}, ["attention.head_count is -4"]),
+    ({"num_attention_heads": 0}, ["attention.head_count is 0"]),
+    ({"num_attention_heads": 2.5}, ["num_attention_heads is 2.5, not a whole number"]),
+    ({"num_key_value_heads": 3}, ["head_count_kv (3) does not divide"]),
+    ({"hidden_size": 320}, ["does not match embedding_length 320"]),
+    ({"hidden_size": {"nested": [1, 2]}}, ["hidden_size is {'nested': [1, 2]}"]),
+    ({"max_position_embeddings": 0}, ["context_length is 0"]),
+    ({"rope_parameters": {"rope_theta": "fast"}}, ["rope.freq_base is 'fast', not a number"]),
+    ({"rope_scaling": "yes"}, ["rope_scaling is 'yes', not a table"]),
+])
+def test_impossible_configs_are_refused(ckpt, tmp_path, change, needles):
+    cfg = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**cfg, **change}))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = _cli(str(ckpt), "--quant", "F16", "-o", str(out_dir / "m.gguf"), module="quantize")
+    _assert_one_line_error(proc, out_dir, *needles)
+
+
 @pytest.mark.parametrize("args,needles", [
     (["--quant", "Q4_K_X"], ["Q4_K_X", "Q4_K_M", "Q8_0", "F16"]),
     (["--quant", "IQ2_XXS"], ["IQ2_XXS", "--imatrix", "without one", "F16", "Q8_0", "Q4_K_M", "IQ4_XS"]),
@@ -248,3 +276,23 @@ def test_convert_a_gated_repo_says_hf_token_and_the_token_opens_it(loopback_hub,
                     "-o", str(out_dir / "m.gguf"))
     assert proc.returncode == 0, proc.stderr
     assert (out_dir / "m.gguf").read_bytes()[:4] == b"GGUF"
+
+
+def test_a_failed_in_process_quantize_is_one_quiet_line(tmp_path):
+    """llama.cpp's quantizer logs dozens of lines: a failure must say why in one line of
+    our own, with none of its log on the terminal."""
+    bad = tmp_path / "not-a-model.gguf"
+    bad.write_text("not a model\n")
+    code = ("import sys; from pathlib import Path; from quantize.llamaquant import quantize_file\n"
+            "from quantize.errors import ConvertError\n"
+            "try:\n"
+            f"    quantize_file(Path({str(bad)!r}), Path({str(tmp_path / 'out.gguf')!r}), 'Q4_K_M',"
+            " threads=1, expected=1, imatrix=None, progress=False)\n"
+            "except ConvertError as err:\n"
+            "    print(err)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stderr == ""
+    assert proc.stdout.strip().splitlines() == [
+        f"llama.cpp's quantizer failed making Q4_K_M: llama_model_loader: failed to load "
+        f"model from {bad}"]

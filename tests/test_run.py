@@ -281,3 +281,22 @@ def test_a_missing_gguf_with_a_space_is_a_path_not_a_prompt(tmp_path):
     # several words in place of the tag are a prompt, but not a .gguf name
     line = one_line_error(r1local("run", str(tmp_path / "my models" / "x.gguf"), "hi"))
     assert "my models/x.gguf does not exist" in line
+
+
+# ---- numbers llama.cpp trusts: refused before it sees them ----------------------------------
+
+@pytest.mark.parametrize("key, value, words", [
+    ("attention.layer_norm_rms_epsilon", float("nan"), "attention.layer_norm_rms_epsilon is nan"),
+    ("attention.layer_norm_rms_epsilon", -1.0, "attention.layer_norm_rms_epsilon is -1.0"),
+    ("block_count", 0, "block_count is 0, outside 1..512"),
+    ("block_count", 2 ** 31, "block_count is 2147483648"),
+    ("context_length", 2 ** 32 - 1, "context_length is 4294967295"),
+    ("attention.head_count", 0, "attention.head_count is 0 in every layer"),
+    ("attention.head_count_kv", 3, "attention.head_count_kv (3) does not divide"),
+])
+def test_a_header_llama_cpp_would_abort_on_is_one_line(r1_standin, key, value, words):
+    from model_fixtures import rewrite_gguf
+
+    bad = rewrite_gguf(r1_standin, f"standin-{key}-{value}", values={f"qwen2.{key}": value})[0]
+    line = one_line_error(r1local("run", str(bad), "hi", "--max-tokens", "2", timeout=60))
+    assert f"{bad.name} cannot be loaded: its {words}" in line

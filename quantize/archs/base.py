@@ -13,6 +13,7 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
+from quantize import hparams
 from quantize.errors import ConvertError
 from quantize.formats import FLOAT32, UINT32
 from quantize.writer import KV
@@ -71,7 +72,8 @@ class Arch:
     # --- hyper-parameters ---------------------------------------------------------------
     def hp(self, *names: str, default=None):
         """The first of ``names`` present in config.json (or in its text_config)."""
-        for source in (self.config, self.config.get("text_config") or {}):
+        nested = self.config.get("text_config")
+        for source in (self.config, nested if isinstance(nested, dict) else {}):
             for n in names:
                 if n in source and source[n] is not None:
                     return source[n]
@@ -79,31 +81,46 @@ class Arch:
             return default
         raise ConvertError(f"config.json has no {names[0]}: the checkpoint's config is incomplete")
 
+    def whole(self, *names: str, default=None) -> int:
+        """hp() for a count or a width: a whole number, or one line saying which is not."""
+        value = self.hp(*names, default=default)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConvertError(f"config.json's {names[0]} is {value!r}, not a whole number: "
+                               "the checkpoint's config is damaged")
+        return value
+
     @property
     def n_layers(self) -> int:
-        return int(self.hp("num_hidden_layers", "n_layer"))
+        return self.whole("num_hidden_layers", "n_layer")
 
     @property
     def n_head(self) -> int:
-        return int(self.hp("num_attention_heads"))
+        return self.whole("num_attention_heads")
 
     @property
     def n_head_kv(self) -> int:
-        return int(self.hp("num_key_value_heads", default=self.n_head))
+        return self.whole("num_key_value_heads", default=self.n_head)
 
     @property
     def n_embd(self) -> int:
-        return int(self.hp("hidden_size"))
+        return self.whole("hidden_size")
 
     @property
     def head_dim(self) -> int:
-        return int(self.hp("head_dim", default=self.n_embd // self.n_head))
+        split = self.n_embd // self.n_head if self.n_head > 0 else 0  # 0: check() names it
+        return self.whole("head_dim", default=split) if "head_dim" in self.config else split
 
     @property
     def rope_parameters(self) -> dict:
         """rope settings across config generations (rope_theta + rope_scaling, or rope_parameters)."""
-        params = dict(self.config.get("rope_scaling") or {})
-        params.update(self.config.get("rope_parameters") or {})
+        params: dict = {}
+        for key in ("rope_scaling", "rope_parameters"):
+            part = self.config.get(key)
+            if part is not None and not isinstance(part, dict):
+                raise ConvertError(f"config.json's {key} is {part!r}, not a table of settings")
+            params.update(part or {})
         if "rope_theta" not in params and "rope_theta" in self.config:
             params["rope_theta"] = self.config["rope_theta"]
         if "type" in params and "rope_type" not in params:
@@ -112,7 +129,7 @@ class Arch:
 
     @property
     def rope_theta(self) -> float:
-        return float(self.rope_parameters.get("rope_theta", 10000.0))
+        return self.rope_parameters.get("rope_theta", 10000.0)  # check() refuses a non-number
 
     def key(self, suffix: str) -> str:
         return f"{self.gguf_arch}.{suffix}"
@@ -120,19 +137,36 @@ class Arch:
     def metadata(self) -> list[KV]:
         kvs = [
             KV(self.key("block_count"), self.n_layers, UINT32),
-            KV(self.key("context_length"), int(self.hp("max_position_embeddings", default=4096)), UINT32),
+            KV(self.key("context_length"), self.whole("max_position_embeddings", default=4096),
+               UINT32),
             KV(self.key("embedding_length"), self.n_embd, UINT32),
-            KV(self.key("feed_forward_length"), int(self.hp("intermediate_size")), UINT32),
+            KV(self.key("feed_forward_length"), self.whole("intermediate_size"), UINT32),
             KV(self.key("attention.head_count"), self.n_head, UINT32),
             KV(self.key("attention.head_count_kv"), self.n_head_kv, UINT32),
             KV(self.key("rope.freq_base"), self.rope_theta, FLOAT32),
-            KV(self.key("attention.layer_norm_rms_epsilon"), float(self.hp("rms_norm_eps", default=1e-6)),
+            KV(self.key("attention.layer_norm_rms_epsilon"), self.hp("rms_norm_eps", default=1e-6),
                FLOAT32),
         ]
         if "head_dim" in self.config and self.head_dim != self.n_embd // self.n_head:
             kvs += [KV(self.key("attention.key_length"), self.head_dim, UINT32),
                     KV(self.key("attention.value_length"), self.head_dim, UINT32)]
         return kvs
+
+    def check(self, shape_of: Callable[[str], tuple[int, ...]], names: set[str]) -> None:
+        """Refuse a config llama.cpp could not load (quantize/hparams.py's rules, the same
+        r1local applies to a header), before anything is sized by its numbers."""
+        prefix = self.gguf_arch + "."
+        values = {kv.key[len(prefix):]: kv.value for kv in self.metadata()}
+        shapes = {gg: tuple(reversed(shape_of(hf))) for hf, gg in (
+            ("model.embed_tokens.weight", "token_embd.weight"),
+            ("model.layers.0.self_attn.q_proj.weight", "blk.0.attn_q.weight"),
+            ("model.layers.0.self_attn.k_proj.weight", "blk.0.attn_k.weight")) if hf in names}
+        vocab = self.config.get("vocab_size")
+        try:
+            hparams.check(values, n_vocab=None if vocab is None else vocab, shapes=shapes)
+        except hparams.Invalid as err:
+            raise ConvertError(f"config.json cannot make a usable GGUF: {self.gguf_arch}'s {err} "
+                               "(fix the checkpoint's config.json)") from None
 
     # --- tensors ------------------------------------------------------------------------
     def name_table(self) -> dict[str, str]:

@@ -48,7 +48,7 @@ class Llama(Arch):
     def metadata(self) -> list[KV]:
         return super().metadata() + [
             KV(self.key("rope.dimension_count"), self.head_dim, UINT32),
-            KV(self.key("vocab_size"), int(self.hp("vocab_size")), UINT32),
+            KV(self.key("vocab_size"), self.whole("vocab_size"), UINT32),
         ]
 
     def adjust(self, job: TensorJob) -> None:
