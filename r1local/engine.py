@@ -50,6 +50,9 @@ class GenerationSettings:
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()  # applies to the answer, not to the reasoning
     think_budget: int | None = None  # reasoning tokens before `</think>` is forced
+    # tokens kept for the answer: the reasoning is closed when only this much room is left
+    # (None: the plan's answer reserve; 0: never, the reasoning may use everything)
+    answer_reserve: int | None = None
     loop_guard: bool = True
 
 
@@ -66,7 +69,8 @@ class Stats:
     ttft_seconds: float = 0.0  # from the call to the first generated token
     context_tokens: int = 0  # tokens in the context after this call
     n_ctx: int = 0
-    forced_answer: bool = False  # the thinking budget closed the reasoning
+    forced_answer: bool = False  # the thinking budget or the answer reserve closed the reasoning
+    answer_reserve: int = 0  # the room kept for the answer in this reply
 
     @property
     def prompt_tok_s(self) -> float:
@@ -286,6 +290,15 @@ class Engine:
         return self._generate(self._prompt_tokens(prompt), settings or GenerationSettings(),
                               cancel, None)
 
+    def _reserve(self, s: GenerationSettings, room: int) -> int:
+        """The answer's share of ``room`` (the new tokens this reply may have): the plan's
+        reserve, or the setting, but never more than a quarter of the room, so that a short
+        --max-tokens still leaves the reasoning most of it."""
+        from r1local.planner import answer_reserve
+
+        want = s.answer_reserve if s.answer_reserve is not None else answer_reserve(self.n_ctx)
+        return max(0, min(want, room // 4))
+
     def _is_eog(self, token: int) -> bool:
         import llama_cpp
 
@@ -336,6 +349,9 @@ class Engine:
         guard = LoopGuard() if s.loop_guard else None
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         max_new = s.max_tokens if s.max_tokens is not None else self.n_ctx
+        close = self.tokenize(BUDGET_CLOSE) if splitter is not None else []
+        if splitter is not None and splitter.in_thinking:
+            stats.answer_reserve = self._reserve(s, min(max_new, self.n_ctx - len(tokens)))
         llm.set_seed(RANDOM_SEED if s.seed is None else int(s.seed) & 0xFFFFFFFF)
         sampler = llm._init_sampler(top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
                                     temp=s.temperature, repeat_penalty=s.repeat_penalty)
@@ -392,12 +408,17 @@ class Engine:
                     stats.finish_reason = "length"
                     break
                 inject_now = [token]
-                if (splitter is not None and budget is not None and splitter.in_thinking
-                        and stats.thinking_tokens >= budget):
-                    # budget spent: close the reasoning in the context, then the answer follows
-                    extra = self.tokenize(BUDGET_CLOSE)
-                    if llm.n_tokens + 1 + len(extra) + 2 < self.n_ctx:
-                        inject_now += extra
+                # what the context can still take once this token is in, and what an answer
+                # begun now could have of it (max_tokens counts the answer, not the close)
+                ctx_room = self.n_ctx - 3 - llm.n_tokens
+                answer_room = min(max_new - stats.completion_tokens, ctx_room - len(close))
+                if (splitter is not None and splitter.in_thinking and (
+                        (budget is not None and stats.thinking_tokens >= budget)
+                        or 0 < answer_room <= stats.answer_reserve)):
+                    # budget spent, or only the answer's room left: close the reasoning in the
+                    # context, then the answer follows
+                    if ctx_room > len(close):
+                        inject_now += close
                         yield from emit(splitter.feed(BUDGET_CLOSE))
                         stats.forced_answer = True
                         if guard is not None:

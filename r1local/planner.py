@@ -45,6 +45,9 @@ KV_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 CTX_PAD = 256                 # llama.cpp pads n_ctx to a multiple of this
 USEFUL_CTX = 8192             # R1 reasons at length: aim for at least this
 MIN_CTX = 16                  # fewer tokens cannot hold a chat template's frame and a reply
+# Room kept for the answer after R1's reasoning: an eighth of the context, 64..2048 tokens
+# (R1's answers after reasoning run to a few hundred tokens; a proof or code to more)
+ANSWER_RESERVE = (1 / 8, 64, 2048)
 CTX_STEPS = (131072, 65536, 32768, 16384, 8192, 4096, 2048)
 MAX_AUTO_CTX = 32768          # R1's own generation limit; longer costs memory for nothing
 N_BATCH = 512
@@ -115,6 +118,10 @@ class Plan:
         return self.ram_bytes + self.vram_bytes
 
     @property
+    def answer_reserve(self) -> int:
+        return answer_reserve(self.n_ctx)
+
+    @property
     def placement(self) -> str:
         """The fit verdict in words, as every command shows it."""
         if self.verdict == "gpu":
@@ -133,6 +140,7 @@ class Plan:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["fits"] = self.fits
         d["placement"] = self.placement
+        d["answer_reserve"] = self.answer_reserve
         d["tok_s_low"] = round(self.tok_s_low, 2)
         d["tok_s_high"] = round(self.tok_s_high, 2)
         return d
@@ -144,6 +152,13 @@ class Plan:
 def pad_ctx(n_ctx: int) -> int:
     """The context llama.cpp really allocates for a request of ``n_ctx`` tokens."""
     return max(CTX_PAD, -(-n_ctx // CTX_PAD) * CTX_PAD)
+
+
+def answer_reserve(n_ctx: int) -> int:
+    """Tokens of ``n_ctx`` a reasoning reply keeps for its answer: the engine closes the
+    reasoning (`</think>`) when only this much room is left."""
+    share, low, high = ANSWER_RESERVE
+    return max(low, min(high, int(n_ctx * share)))
 
 
 def check_ctx(n_ctx: int | None, what: str = "a context") -> None:

@@ -325,7 +325,8 @@ class Repl:
         if plan is not None:
             lines.append(f"plan       {plan.placement}, "
                          f"RAM {fmt_bytes(plan.ram_bytes)}, VRAM {fmt_bytes(plan.vram_bytes)}, "
-                         f"~{plan.tok_s_low:.0f}-{plan.tok_s_high:.0f} tok/s")
+                         f"~{plan.tok_s_low:.0f}-{plan.tok_s_high:.0f} tok/s, "
+                         f"{plan.answer_reserve} tokens kept for the answer")
         s = self.settings
         lines.append(f"settings   temperature {s.temperature}, top_p {s.top_p}, top_k {s.top_k}, "
                      f"seed {s.seed if s.seed is not None else 'random'}, think-budget "

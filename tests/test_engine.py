@@ -57,7 +57,7 @@ def test_smollm2_uses_its_own_template_and_keeps_system(smol):
 
 def test_chat_streams_reasoning_then_stats(r1):
     msgs = [{"role": "user", "content": "What is 2+2?"}]
-    s = GenerationSettings(seed=7, max_tokens=24)
+    s = GenerationSettings(seed=7, max_tokens=24, answer_reserve=0)  # no room kept for an answer
     a = list(r1.chat(msgs, s))
     st = r1.last_stats
     assert st.finish_reason == "length" and st.completion_tokens == 24
@@ -70,6 +70,10 @@ def test_chat_streams_reasoning_then_stats(r1):
     b = list(r1.chat(msgs, s))
     assert [(c.kind, c.text) for c in a] == [(c.kind, c.text) for c in b]
     assert r1.last_stats.prompt_eval_tokens == st.prompt_tokens
+    # with the answer's reserve (a quarter of 24 tokens here) the reasoning is closed in time
+    kept = list(r1.chat(msgs, GenerationSettings(seed=7, max_tokens=24)))
+    assert r1.last_stats.answer_reserve == 6 and r1.last_stats.forced_answer
+    assert text_of(kept, "answer") and r1.last_stats.thinking_tokens == 24 - 6
 
 
 def test_a_seed_gives_the_same_text_whatever_the_cache_holds(smol):

@@ -118,6 +118,7 @@ def test_conversation_settings_stats_multiline_save_load(micro_reasoner, tmp_pat
         assert "2 + 3 = 5" in ask(child, '"""')
         out = ask(child, "/show")
         assert "micro-reasoner" in out and "temperature 0.0" in out
+        assert re.search(r"\d+ tokens kept for the answer", out)
         save = tmp_path / "chat.json"
         assert "saved 4 messages" in ask(child, f"/save {save}")
         data = json.loads(save.read_text())

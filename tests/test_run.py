@@ -300,3 +300,42 @@ def test_a_header_llama_cpp_would_abort_on_is_one_line(r1_standin, key, value, w
     bad = rewrite_gguf(r1_standin, f"standin-{key}-{value}", values={f"qwen2.{key}": value})[0]
     line = one_line_error(r1local("run", str(bad), "hi", "--max-tokens", "2", timeout=60))
     assert f"{bad.name} cannot be loaded: its {words}" in line
+
+
+# ---- an answer always arrives, or the reason why not -----------------------------------------
+
+def test_reasoning_that_never_closes_still_gets_an_answer(r1_standin):
+    # the stand-in's random weights never write </think>: without the reserve they would
+    # reason until the context is full and print nothing on stdout
+    p = r1local("run", str(r1_standin), "Why is the sky blue?", "--ctx", "512", "--json",
+                "--seed", "1")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    st = out["stats"]
+    assert out["finish_reason"] == "length" and st["forced_answer"]
+    assert out["answer"].strip() and out["thinking"].strip()
+    assert st["answer_reserve"] == out["plan"]["answer_reserve"] == 64  # an eighth of 512
+    assert st["completion_tokens"] - st["thinking_tokens"] >= st["answer_reserve"] - 8
+
+
+def test_no_room_for_an_answer_is_one_line_and_a_failure(r1_standin):
+    p = r1local("run", str(r1_standin), "Why is the sky blue?", "--ctx", "512", "--seed", "1",
+                "--answer-reserve", "0")
+    assert p.returncode == 1 and p.stdout == ""
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("r1local: error: the reply reached its context of 512 tokens "
+                           "before any answer (")
+    assert "--ctx" in last and "--think-budget" in last
+    p = r1local("run", str(r1_standin), "Why?", "--max-tokens", "40", "--answer-reserve", "0",
+                "--hide-thinking")
+    assert p.returncode == 1 and p.stdout == "" and p.stderr.startswith(
+        "r1local: error: the reply reached --max-tokens 40 tokens before any answer")
+
+
+def test_the_reserve_leaves_a_short_reasoning_alone(micro_reasoner):
+    p = r1local("run", str(micro_reasoner), "What is 3+4?", "--temperature", "0", "--ctx", "256",
+                "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["answer"] == "3 + 4 = **7**." and not out["stats"]["forced_answer"]
+    assert out["stats"]["answer_reserve"] > 0

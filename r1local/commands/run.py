@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--think-budget", type=int, metavar="N",
                      help="reasoning tokens before the model must answer")
     gen.add_argument("--max-tokens", type=int, metavar="N", help="stop the reply after N tokens")
+    gen.add_argument("--answer-reserve", type=int, metavar="N",
+                     help="tokens kept for the answer: the reasoning is closed when only this "
+                     "much room is left (default: an eighth of the context, 64-2048; 0: off)")
     gen.add_argument("--system", metavar="TEXT", help="system prompt (for R1 it is folded "
                      "into the first message, as DeepSeek advises)")
 
@@ -108,7 +111,7 @@ def _check_numbers(args: argparse.Namespace) -> int | None:
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be a positive number")
-    for name in ("gpu_layers", "think_budget", "top_k"):
+    for name in ("gpu_layers", "think_budget", "top_k", "answer_reserve"):
         value = getattr(args, name)
         if value is not None and value < 0:
             raise UsageError(f"--{name.replace('_', '-')} cannot be negative")
@@ -141,7 +144,7 @@ def _settings(args: argparse.Namespace):
     s = GenerationSettings()
     for arg, field in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"),
                        ("seed", "seed"), ("think_budget", "think_budget"),
-                       ("max_tokens", "max_tokens")):
+                       ("max_tokens", "max_tokens"), ("answer_reserve", "answer_reserve")):
         value = getattr(args, arg)
         if value is not None:
             setattr(s, field, value)
@@ -228,14 +231,23 @@ def _one_shot(engine, plan, settings, prompt: str, args: argparse.Namespace) -> 
     if shown_thinking:
         sys.stderr.write(f"{reset}\n")
     st = engine.last_stats
-    if args.json:
+    cut_short = st.finish_reason == "length" and not "".join(answer).strip()
+    if args.json:  # (a script reads finish_reason; the exit code says it too)
         print(json.dumps({"model": engine.name, "thinking": "".join(thinking),
                           "answer": "".join(answer), "finish_reason": st.finish_reason,
                           "stats": st.as_dict(), "plan": plan.as_dict()}, ensure_ascii=False))
-        return 0
+        return 1 if cut_short else 0
     if answer:
         sys.stdout.write("\n")
         sys.stdout.flush()
+    if cut_short:
+        # nothing on stdout: the user must learn why, and a script must see it failed
+        limit = (f"--max-tokens {settings.max_tokens}" if settings.max_tokens is not None
+                 and st.completion_tokens >= settings.max_tokens else f"its context of {st.n_ctx}")
+        print(f"r1local: error: the reply reached {limit} tokens before any answer "
+              f"({st.thinking_tokens} tokens of reasoning): give it more room (--ctx, "
+              "--max-tokens) or less reasoning (--think-budget N)", file=sys.stderr)
+        return 1
     if st.finish_reason == "loop":
         print("(stopped: the model was repeating itself)", file=sys.stderr)
     elif st.finish_reason == "length":
