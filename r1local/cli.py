@@ -14,22 +14,31 @@ from typing import Sequence
 
 from r1local import __version__
 
-# verb -> (module under r1local.commands, one-line summary). Order is the order of --help.
-VERBS: dict[str, tuple[str, str]] = {
-    "hw": ("hw", "check this machine and what each R1 model would need on it"),
-    "pull": ("pull", "download a model by tag (e.g. 8b, 14b:Q4_K_M) into the local store"),
-    "run": ("run", "chat with a model in the terminal, or answer one prompt"),
-    "serve": ("serve", "serve models over Ollama- and OpenAI-compatible HTTP APIs"),
-    "convert": ("convert", "convert a Hugging Face checkpoint to GGUF at a chosen quant"),
-    "list": ("list_models", "list the models in the local store"),
-    "show": ("show", "show a model's details and the plan for this machine"),
-    "rm": ("rm", "remove a model from the local store"),
-    "import": ("import_gguf", "add a GGUF file you already have to the store"),
+# verb -> (module under r1local.commands, one-line summary, examples for its --help).
+# Order is the order of --help.
+VERBS: dict[str, tuple[str, str, str]] = {
+    "hw": ("hw", "check this machine and what each R1 model would need on it",
+           "r1local hw\n  r1local hw --ram 32G --vram 8G     (plan for another machine)"),
+    "pull": ("pull", "download a model by tag (e.g. 8b, 14b:Q4_K_M) into the local store",
+             "r1local pull 8b\n  r1local pull 14b:Q4_K_M"),
+    "run": ("run", "chat with a model in the terminal, or answer one prompt",
+            "r1local run 8b\n  r1local run 8b \"What is 17 * 23?\" > answer.txt"),
+    "serve": ("serve", "serve models over Ollama- and OpenAI-compatible HTTP APIs",
+              "r1local serve --model 8b\n  curl localhost:11435/api/generate -d "
+              "'{\"model\": \"8b\", \"prompt\": \"hi\"}'"),
+    "convert": ("convert", "convert a Hugging Face checkpoint to GGUF at a chosen quant",
+                "r1local convert deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --quant Q8_0"),
+    "list": ("list_models", "list the models in the local store", "r1local list"),
+    "show": ("show", "show a model's details and the plan for this machine",
+             "r1local show 8b\n  r1local show 14b:Q4_K_M --json"),
+    "rm": ("rm", "remove a model from the local store", "r1local rm 14b:Q4_K_M"),
+    "import": ("import_gguf", "add a GGUF file you already have to the store",
+               "r1local import ~/models/my-r1.gguf --name my-r1"),
 }
 
 
 def _load(verb: str):
-    module_name, _ = VERBS[verb]
+    module_name = VERBS[verb][0]
     return importlib.import_module(f"r1local.commands.{module_name}")
 
 
@@ -49,8 +58,10 @@ def build_parser(verb: str | None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"r1local {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", title="commands")
-    for name, (_, summary) in VERBS.items():
-        p = sub.add_parser(name, help=summary, description=summary)
+    for name, (_, summary, examples) in VERBS.items():
+        p = sub.add_parser(name, help=summary, description=summary,
+                           epilog=f"example:\n  {examples}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         if name == verb:
             _load(name).add_arguments(p)
     return parser

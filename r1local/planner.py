@@ -45,6 +45,9 @@ KV_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 CTX_PAD = 256                 # llama.cpp pads n_ctx to a multiple of this
 USEFUL_CTX = 8192             # R1 reasons at length: aim for at least this
 MIN_CTX = 16                  # fewer tokens cannot hold a chat template's frame and a reply
+# What "how long will it take" is judged by: R1's replies reason for hundreds to thousands
+# of tokens, so a speed is also shown as the time of a reply this long
+TYPICAL_REPLY_TOKENS = 1000
 # Room kept for the answer after R1's reasoning: an eighth of the context, 64..2048 tokens
 # (R1's answers after reasoning run to a few hundred tokens; a proof or code to more)
 ANSWER_RESERVE = (1 / 8, 64, 2048)
@@ -118,6 +121,12 @@ class Plan:
         return self.ram_bytes + self.vram_bytes
 
     @property
+    def reply_seconds(self) -> float:
+        """The time of a typical reasoning reply (TYPICAL_REPLY_TOKENS) at the typical speed."""
+        speed = self.tok_s_typical
+        return TYPICAL_REPLY_TOKENS / speed if speed > 0 else float("inf")
+
+    @property
     def answer_reserve(self) -> int:
         return answer_reserve(self.n_ctx)
 
@@ -141,6 +150,7 @@ class Plan:
         d["fits"] = self.fits
         d["placement"] = self.placement
         d["answer_reserve"] = self.answer_reserve
+        d["reply_seconds"] = round(self.reply_seconds, 1) if self.fits else None
         d["tok_s_low"] = round(self.tok_s_low, 2)
         d["tok_s_high"] = round(self.tok_s_high, 2)
         return d

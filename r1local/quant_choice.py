@@ -24,9 +24,13 @@ QUANT_PREFERENCE: tuple[str, ...] = (
 # (The 671B MoE is published in dynamic 1.58-2.7 bit quants made to stay usable.)
 DENSE_QUALITY_FLOOR = "Q3_K_M"
 
-# A reply of a thousand reasoning tokens takes over 8 minutes below this: recommend()
-# skips variants (and choose_quant quants) slower than this when it can.
+# The speed floor (`--min-speed`): below 2 tok/s a 1,000-token reasoning reply takes over
+# 8 minutes, past what most people wait for. recommend() skips variants (and choose_quant
+# quants) slower than this when it can.
 MIN_TOK_S = 2.0
+MIN_SPEED_HELP = (f"recommend only models that decode at least this many tokens/s (the middle "
+                  f"of the predicted range; default {MIN_TOK_S:g}: slower, a 1,000-token "
+                  "reasoning reply takes over 8 min); 0 picks by quality alone")
 
 
 def quant_rank(quant: str) -> int:

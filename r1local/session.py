@@ -65,21 +65,23 @@ def machine(ram_limit: int | None = None, models_dir: Path | None = None) -> "Ma
     return found
 
 
-def pick_quant(variant: "Variant", on: "Machine") -> "Plan":
+def pick_quant(variant: "Variant", on: "Machine", min_tok_s: float | None = None) -> "Plan":
     """The quant of ``variant`` to use on this machine: the best quality that fits with a
-    useful context and still decodes at the speed floor (quant_choice.MIN_TOK_S), the rule
-    `hw` recommends by. Every command that chooses a quant asks here."""
+    useful context and still decodes at the speed floor (``--min-speed``, by default
+    quant_choice.MIN_TOK_S), the rule `hw` recommends by. Every command that chooses a
+    quant asks here."""
     from r1local.quant_choice import MIN_TOK_S, choose_quant
 
-    return choose_quant(variant, on, min_tok_s=MIN_TOK_S)
+    return choose_quant(variant, on, min_tok_s=MIN_TOK_S if min_tok_s is None else min_tok_s)
 
 
-def recommendation(catalog: "Catalog", on: "Machine") -> "Plan":
+def recommendation(catalog: "Catalog", on: "Machine",
+                   min_tok_s: float | None = None) -> "Plan":
     """The variant and quant this machine should run (what `hw` stars and `run` with no
     model uses), by the same speed floor as pick_quant."""
     from r1local.quant_choice import MIN_TOK_S, recommend
 
-    return recommend(catalog, on, min_tok_s=MIN_TOK_S)
+    return recommend(catalog, on, min_tok_s=MIN_TOK_S if min_tok_s is None else min_tok_s)
 
 
 def locate(ref: str, *, store: "Store | None" = None,
@@ -131,7 +133,8 @@ def open_model(ref: "str | ModelFile", *, ctx: int | None = None, gpu_layers: in
 
 
 def pull_model(ref: str, *, quant: str | None = None, on: "Machine | None" = None,
-               store: "Store | None" = None, **pull_options) -> "StoredModel":
+               store: "Store | None" = None, min_tok_s: float | None = None,
+               **pull_options) -> "StoredModel":
     """Download ``ref`` into the store; where neither it nor ``quant`` names a quant, the
     one this machine should run (pick_quant), saying why."""
     from r1local import hub
@@ -142,7 +145,7 @@ def pull_model(ref: str, *, quant: str | None = None, on: "Machine | None" = Non
     mref = load_catalog().resolve(ref)
     notes: list[str] = []
     if quant is None and mref.quant is None:
-        plan = pick_quant(mref.variant, on or machine(models_dir=store.root))
+        plan = pick_quant(mref.variant, on or machine(models_dir=store.root), min_tok_s)
         quant = plan.quant
         tag = f"{mref.variant.tag}:{plan.quant}"
         notes.append(f"chose {tag} for this machine: {plan.reason}" if plan.fits else

@@ -67,7 +67,7 @@ def test_a_split_model_gets_one_plan_from_run_show_hw_and_the_server(env, r1_sta
 
     show = json_of(r1local(env, "show", SPLIT_NAME, "--json"))["plan"]
     ran = json_of(r1local(env, "run", SPLIT_NAME, "hi", "--json", "--max-tokens", "2",
-                          "--seed", "1"))["plan"]
+                          "--think-budget", "0", "--seed", "1"))["plan"]
     hw = json_of(r1local(env, "hw", "--json", "--all-quants"))
     row = next(r for r in hw["plans"] if r["tag"] == "70b" and r["quant"] == "Q6_K")
     assert row["downloaded"]
@@ -121,7 +121,7 @@ def test_hw_show_pull_and_run_pick_the_same_quant(env, loopback_hub, r1_standin)
     assert pulled.stdout.strip() == f"{tag}:{quant}"
     assert f"chose {tag}:{quant} for this machine" in pulled.stderr
 
-    ran = r1local(env, "run", "hi there", "--max-tokens", "2", "--seed", "1")
+    ran = r1local(env, "run", "hi there", "--max-tokens", "2", "--think-budget", "0", "--seed", "1")
     assert ran.returncode == 0, ran.stderr
     assert f"using {tag}:{quant}, the recommended model for this machine" in ran.stderr
     assert len(loopback_hub.body_gets()) == 1  # run found what pull fetched

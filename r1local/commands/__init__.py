@@ -3,3 +3,12 @@
 Modules here import only argparse at the top; anything heavy is imported inside ``run``
 so that ``r1local --help`` stays fast.
 """
+
+import argparse
+
+
+def add_min_speed(parser: argparse.ArgumentParser) -> None:
+    """`--min-speed`: the one speed floor hw, pull, run and show choose models by."""
+    from r1local.quant_choice import MIN_SPEED_HELP
+
+    parser.add_argument("--min-speed", type=float, metavar="TOK_S", help=MIN_SPEED_HELP)

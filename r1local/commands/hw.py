@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import argparse
 
+from typing import Any
+
+from r1local.commands import add_min_speed
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -26,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="KV cache type (default f16)")
     parser.add_argument("--all-quants", action="store_true",
                         help="list every published quant (default: the common ones)")
+    parser.add_argument("--wide", action="store_true",
+                        help="every column, whatever the terminal's width")
+    add_min_speed(parser)
 
 
 # the quants shown per variant unless --all-quants (the first of these a variant has)
@@ -66,7 +73,7 @@ def build_report(args: argparse.Namespace) -> dict:
     machine = machine_from_args(args)
     catalog = load_catalog()
     store = Store()
-    rec = session.recommendation(catalog, machine)
+    rec = session.recommendation(catalog, machine, min_speed(args))
     rows = []
     for v in sorted(catalog, key=lambda v: v.params_b):
         quants = candidate_quants(v)
@@ -83,6 +90,15 @@ def build_report(args: argparse.Namespace) -> dict:
     return {"machine": machine.as_dict(), "recommendation": rec.as_dict(), "plans": rows}
 
 
+def min_speed(args: argparse.Namespace) -> float | None:
+    """--min-speed, checked (None: the default floor)."""
+    from r1local.errors import UsageError
+
+    if args.min_speed is not None and not 0 <= args.min_speed < 1e6:
+        raise UsageError(f"--min-speed {args.min_speed:g} is out of range (tokens/s, 0 or more)")
+    return args.min_speed
+
+
 def _downloaded_plan(store, name: str, machine, args: argparse.Namespace):
     """A quant in the store is planned from its own header, as `run` and `show` plan it;
     None when it is not there (or its files are not whole: the catalog's numbers then)."""
@@ -97,24 +113,94 @@ def _downloaded_plan(store, name: str, machine, args: argparse.Namespace):
         return None
 
 
-def _speed(low: float, high: float) -> str:
+def _speed(low: float, high: float, unit: str = " tok/s") -> str:
     if high <= 0:
         return "-"
     fmt = (lambda x: f"{x:.0f}") if low >= 10 else (lambda x: f"{x:.1f}")
-    return f"{fmt(low)}-{fmt(high)} tok/s"
+    return f"{fmt(low)}-{fmt(high)}{unit}"
 
 
-def render(report: dict) -> None:
-    from rich.console import Console
+def _fits_short(row: dict) -> str:
+    """The fit verdict in a few characters, for a narrow terminal."""
+    return {"gpu": "GPU", "cpu": "CPU", "no-fit": "no"}.get(
+        row["verdict"], f"{row['n_gpu_layers']}/{row['n_layers']} GPU")
+
+
+def _ctx(n: int) -> str:
+    return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
+
+
+# the model table's columns, most wanted first: (header, cell, right-aligned); a narrow
+# terminal loses them from the end of this list, and the short forms replace the long ones
+def _columns(wide_forms: bool, has_gpu: bool) -> list[tuple[str, Any, bool]]:
+    from r1local.planner import TYPICAL_REPLY_TOKENS
+    from r1local.units import fmt_bytes, fmt_duration
+
+    def mem(r: dict) -> str:
+        return fmt_bytes(r["ram_bytes"] + (0 if r["fits"] else r["vram_bytes"]))
+
+    def reply(r: dict) -> str:
+        return f"~{fmt_duration(r['reply_seconds'])}" if r["fits"] and r["tok_s_high"] > 0 else "-"
+
+    vram = ("VRAM", lambda r: fmt_bytes(r["vram_bytes"]) if r["vram_bytes"] and r["fits"]
+            else "-", True)
+    cols = [
+        ("model", lambda r: ("★ " if r["recommended"] else "") + r["tag"], False),
+        ("quant", lambda r: r["quant"], False),
+        ("fits", (lambda r: r["placement"]) if wide_forms else _fits_short, False),
+        ("tok/s", lambda r: _speed(r["tok_s_low"], r["tok_s_high"], ""), True),
+        (f"{TYPICAL_REPLY_TOKENS // 1000}k reply", reply, True),
+        ("RAM", mem, True),
+        *([vram] if has_gpu else []),
+        ("context", lambda r: (str(r["n_ctx"]) if wide_forms else _ctx(r["n_ctx"]))
+         if r["fits"] else "-", True),
+        ("file", lambda r: fmt_bytes(r["file_bytes"]), True),
+    ]
+    return cols if has_gpu else [*cols, vram]
+
+
+def _model_table(report: dict, console: Any, wide: bool) -> Any:
+    """The widest table the console holds: all columns in their long forms when they fit
+    (or with --wide), else the short forms, then fewer columns; never a wrapped row."""
+    from rich import box
+    from rich.measure import Measurement
     from rich.table import Table
 
-    from r1local.units import fmt_bytes
+    has_gpu = bool(report["machine"]["gpus"])
+    tries = [(True, None), (False, None)] + [(False, n) for n in range(8, 3, -1)]
+    for wide_forms, keep in tries:
+        cols = _columns(wide_forms, has_gpu)[:keep]
+        t = Table(title="DeepSeek-R1 models on it", title_justify="left",
+                  box=box.SIMPLE_HEAD if not wide_forms else box.HEAVY_HEAD, pad_edge=False)
+        for header, _, right in cols:
+            t.add_column(header, justify="right" if right else "left", no_wrap=True)
+        last = None
+        for r in report["plans"]:
+            if last is not None and r["tag"] != last:
+                t.add_section()
+            last = r["tag"]
+            style = {"gpu": "green", "partial": "yellow", "cpu": "cyan", "no-fit": "dim"}[r["verdict"]]
+            t.add_row(*(cell(r) for _, cell, _ in cols),
+                      style="bold reverse green" if r["recommended"] else style)
+        unbounded = console.options.update_width(1 << 14)  # what it wants, not what it gets
+        if wide or Measurement.get(console, unbounded, t).maximum <= console.width:
+            return t
+    return t
+
+
+def render(report: dict, *, wide: bool = False) -> None:
+    from rich.console import Console
+    from rich.measure import Measurement
+    from rich.table import Table
+
+    from r1local.planner import TYPICAL_REPLY_TOKENS
+    from r1local.units import fmt_bytes, fmt_duration
 
     console = Console(highlight=False)
     m = report["machine"]
     mt = Table(title="hypothetical machine" if m["hypothetical"] else "this machine",
                show_header=False, title_justify="left")
-    mt.add_column(style="bold")
+    mt.add_column(style="bold", no_wrap=True)
     mt.add_column()
     mt.add_row("CPU", f"{m['cpu_name']} — {m['physical_cores']} cores / "
                f"{m['logical_cores']} threads")
@@ -135,35 +221,22 @@ def render(report: dict) -> None:
     mt.add_row("disk", f"{fmt_bytes(m['disk_free'])} free for models")
     console.print(mt)
 
-    t = Table(title="DeepSeek-R1 models on it", title_justify="left")
-    for col, kw in (("model", {}), ("quant", {}), ("file", {"justify": "right"}),
-                    ("fits", {}), ("RAM", {"justify": "right"}), ("VRAM", {"justify": "right"}),
-                    ("context", {"justify": "right"}), ("speed", {"justify": "right"})):
-        t.add_column(col, **kw)
-    last = None
-    for r in report["plans"]:
-        if last is not None and r["tag"] != last:
-            t.add_section()
-        last = r["tag"]
-        style = {"gpu": "green", "partial": "yellow", "cpu": "cyan", "no-fit": "dim"}[r["verdict"]]
-        if r["recommended"]:
-            style = "bold reverse green"
-        fits = r["verdict"] != "no-fit"
-        t.add_row(
-            ("★ " if r["recommended"] else "") + r["tag"], r["quant"], fmt_bytes(r["file_bytes"]),
-            r["placement"], fmt_bytes(r["ram_bytes"]) if fits else fmt_bytes(r["ram_bytes"] + r["vram_bytes"]),
-            fmt_bytes(r["vram_bytes"]) if r["vram_bytes"] and fits else "-",
-            str(r["n_ctx"]) if fits else "-", _speed(r["tok_s_low"], r["tok_s_high"]),
-            style=style)
-    console.print(t)
+    table = _model_table(report, console, wide)
+    if wide:
+        console.width = max(console.width, Measurement.get(
+            console, console.options.update_width(1 << 14), table).maximum)
+    console.print(table)
     rec = report["recommendation"]
     if rec["verdict"] == "no-fit":
         console.print(f"[bold red]No R1 model fits:[/] {rec['reason']}")
     else:
-        console.print(
-            f"[bold green]Recommended:[/] [bold]{rec['model']}:{rec['quant']}[/] — "
-            f"context {rec['n_ctx']}, {_speed(rec['tok_s_low'], rec['tok_s_high'])} "
-            f"({rec['reason']}).  `r1local pull {rec['model']}:{rec['quant']}`")
+        name = f"{rec['model']}:{rec['quant']}"
+        console.print(f"[bold green]Recommended:[/] [bold]{name}[/] — context {rec['n_ctx']}, "
+                      f"{_speed(rec['tok_s_low'], rec['tok_s_high'])}, "
+                      f"~{fmt_duration(rec['reply_seconds'])} for a "
+                      f"{TYPICAL_REPLY_TOKENS:,}-token reply")
+        console.print(f"  why: {rec['reason']}", style="dim")
+        console.print(f"  get it: r1local pull {name}    chat: r1local run {name}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -175,5 +248,5 @@ def run(args: argparse.Namespace) -> int:
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
-    render(report)
+    render(report, wide=args.wide)
     return 0

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from r1local.commands import add_min_speed
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("tag", help="a catalog tag (1.5b 7b 8b 14b 32b 70b 671b ...), "
@@ -19,11 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-source", action="store_true",
                         help="with --from-source: keep the safetensors after converting")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_min_speed(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from r1local.commands.hw import min_speed
     from r1local.errors import UsageError
     from r1local.session import pull_model
 
@@ -31,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--keep-source only applies with --from-source")
     try:
         model = pull_model(args.tag, quant=args.quant, from_source=args.from_source,
-                     keep_source=args.keep_source, progress=not args.quiet)
+                           keep_source=args.keep_source, progress=not args.quiet,
+                           min_tok_s=min_speed(args))
     except KeyboardInterrupt:
         print(f"\nr1local: interrupted; `r1local pull {args.tag}` again resumes the download",
               file=sys.stderr)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from r1local.commands import add_min_speed
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("tag", nargs="?", help="model: a .gguf path or a store/catalog tag "
@@ -29,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     load.add_argument("--threads", type=int, metavar="N", help="CPU threads")
     load.add_argument("--force", action="store_true",
                       help="load even when the plan says it does not fit")
+    add_min_speed(load)
     load.add_argument("--ram", metavar="SIZE",
                       help="plan as if this machine had only SIZE of RAM (e.g. 8G), to leave "
                       "room for other programs")
@@ -53,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from r1local import session
+    from r1local.commands.hw import min_speed
     from r1local.errors import UsageError
 
     ram_limit = _check_numbers(args)
@@ -60,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     prompt = " ".join(words)
     interactive = sys.stdin.isatty()
     if tag is None:  # only a chat at a terminal has someone to ask before a download
-        tag = _recommended(ask=interactive and not prompt.strip(), ram_limit=ram_limit)
+        tag = _recommended(ask=interactive and not prompt.strip(), ram_limit=ram_limit,
+                           min_tok_s=min_speed(args))
     model = session.locate(tag)
     machine = session.machine(ram_limit, model.path.parent)
     warn = lambda text: print(f"r1local: warning: {text}", file=sys.stderr)  # noqa: E731
@@ -151,7 +156,7 @@ def _settings(args: argparse.Namespace):
     return s
 
 
-def _recommended(ask: bool, ram_limit: int | None) -> str:
+def _recommended(ask: bool, ram_limit: int | None, min_tok_s: float | None) -> str:
     """The store name of the planner's pick for this machine, pulled first if needed. At a
     terminal the user is asked first (``ask``); a script is not (as `ollama run` does), but
     stderr says what is being fetched and how big it is, so nobody wonders what the wait is."""
@@ -166,7 +171,7 @@ def _recommended(ask: bool, ram_limit: int | None) -> str:
     catalog = load_catalog()
     store = Store()
     machine = session.machine(ram_limit, store.root)
-    plan = session.recommendation(catalog, machine)
+    plan = session.recommendation(catalog, machine, min_tok_s)
     if not plan.fits:
         raise DoesNotFitError(f"no R1 model fits this machine ({plan.reason})",
                               hint="see `r1local hw`, or name a model and add --force")
@@ -192,12 +197,16 @@ def _recommended(ask: bool, ram_limit: int | None) -> str:
 
 def describe(engine, plan, stored) -> str:
     """The one start line: what was loaded and how."""
-    from r1local.units import fmt_bytes
+    from r1local.planner import TYPICAL_REPLY_TOKENS
+    from r1local.units import fmt_bytes, fmt_duration
 
     variant = (stored.name.split(":")[0] if stored is not None else None) or engine.name
+    speed = (f" · ~{plan.tok_s_low:.1f}-{plan.tok_s_high:.1f} tok/s, ~"
+             f"{fmt_duration(plan.reply_seconds)} for a {TYPICAL_REPLY_TOKENS:,}-token reply"
+             if plan.tok_s_high > 0 else "")
     return (f"{variant} · {plan.quant} · {plan.layers_on_gpu}/{plan.n_layers} layers on GPU · "
             f"GPU {fmt_bytes(plan.vram_bytes)} + RAM {fmt_bytes(plan.ram_bytes)} · "
-            f"context {engine.n_ctx} · {engine.n_threads} threads")
+            f"context {engine.n_ctx} · {engine.n_threads} threads{speed}")
 
 
 def _one_shot(engine, plan, settings, prompt: str, args: argparse.Namespace) -> int:

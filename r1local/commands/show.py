@@ -8,6 +8,8 @@ downloaded is shown from the catalog, with the quant the planner would pull.
 from __future__ import annotations
 
 import argparse
+
+from r1local.commands import add_min_speed
 from typing import Any
 
 
@@ -15,6 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("tag", help="a store name, a catalog tag (7b, 7b:Q4_K_M) or a .gguf path")
     parser.add_argument("--template", action="store_true", help="print the whole chat template")
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    add_min_speed(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     from r1local import session
     from r1local.catalog import load_catalog
+    from r1local.commands.hw import min_speed
     from r1local.errors import UnknownModelError
 
     catalog = load_catalog()
@@ -30,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         model = session.locate(args.tag, catalog=catalog)
     except UnknownModelError:
         mref = catalog.resolve(args.tag)  # unknown everywhere: the catalog's suggestion
-        info = _from_catalog(mref, machine)
+        info = _from_catalog(mref, machine, min_speed(args))
     else:
         info = _from_file(model, catalog, machine)
     if args.json:
@@ -95,12 +99,12 @@ def _from_file(model, catalog, machine) -> dict:
     return info
 
 
-def _from_catalog(mref, machine) -> dict:
+def _from_catalog(mref, machine, min_tok_s: float | None) -> dict:
     from r1local import session
     from r1local.planner import plan_variant
 
     v = mref.variant
-    plan = plan_variant(v, mref.quant, machine) if mref.quant else session.pick_quant(v, machine)
+    plan = plan_variant(v, mref.quant, machine) if mref.quant else session.pick_quant(v, machine, min_tok_s)
     return {
         "name": str(mref), "model": v.name, "architecture": v.arch.type,
         "parameters": f"{v.params_b:.2f}B", "quant": plan.quant,
