@@ -12,16 +12,54 @@
 # to the backend's own flags), LLAMA_CPP_PYTHON_VERSION (default below).
 set -euo pipefail
 
+say() { printf '\033[1m==>\033[0m %s\n' "$*"; }
+warn() { printf '\033[33mwarning:\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[31merror:\033[0m %s\n' "$*" >&2; exit 1; }
+
+# --- a long step with a progress line -------------------------------------------------------
+# run_step LABEL LOG FIX -- COMMAND...: runs COMMAND with its output appended to LOG, and
+# shows the build's step N/M (ninja's "[N/M]" lines in LOG), the time so far and an estimate
+# of what is left: one live line at a terminal, a line every R1LOCAL_PROGRESS_EVERY seconds
+# (default 30) elsewhere. If COMMAND fails: the log's last lines, then FIX.
+fmt_secs() { local s=$1; if (( s >= 60 )); then printf '%d min %02d s' $((s / 60)) $((s % 60)); else printf '%d s' "$s"; fi; }
+run_step() {
+  local label="$1" log="$2" fix="$3"; shift 4
+  local every="${R1LOCAL_PROGRESS_EVERY:-30}" live=0 start=$SECONDS last=-1 pid step n m el text
+  [ -t 2 ] && live=1
+  "$@" >>"$log" 2>&1 &
+  pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep "$( ((live)) && echo 1 || awk -v e="$every" 'BEGIN { print (e < 1 ? e : 1) }')"
+    el=$((SECONDS - start))
+    if (( !live )) && awk -v el="$el" -v last="$last" -v e="$every" 'BEGIN { exit !(el - last < e) }'; then
+      continue
+    fi
+    last=$el
+    step="$(grep -ao '^\[[0-9]*/[0-9]*\]' "$log" 2>/dev/null | tail -n 1 | tr -d '[]')" || true
+    text="$label: $(fmt_secs "$el") so far"
+    if [ -n "$step" ]; then
+      n=${step%/*}; m=${step#*/}
+      text="$label: step $n/$m, $(fmt_secs "$el") so far"
+      (( n > 0 && n < m )) && text+=", about $(fmt_secs $(( el * (m - n) / n ))) left"
+    fi
+    if ((live)); then printf '\r\033[K  %s' "$text" >&2; else printf '  %s (log: %s)\n' "$text" "$log" >&2; fi
+  done
+  ((live)) && printf '\r\033[K' >&2
+  if ! wait "$pid"; then
+    tail -n 30 "$log" >&2
+    die "$label failed: $fix (full log: $log)"
+  fi
+}
+# `R1LOCAL_INSTALL_FUNCTIONS=1 source install.sh` defines the functions above and stops
+# (the tests build a small project through run_step)
+if [ "${R1LOCAL_INSTALL_FUNCTIONS:-}" = 1 ]; then return 0 2>/dev/null || exit 0; fi
+
 LLAMA_VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 BACKEND="auto"
 DEV=0
 REBUILD=0
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="$HERE/.venv"
-
-say() { printf '\033[1m==>\033[0m %s\n' "$*"; }
-warn() { printf '\033[33mwarning:\033[0m %s\n' "$*" >&2; }
-die() { printf '\033[31merror:\033[0m %s\n' "$*" >&2; exit 1; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -102,7 +140,15 @@ case "$BACKEND" in
   hip)    has_hipcc || die "--backend hip needs ROCm (hipcc)"; BACKEND_ARGS="-DGGML_HIP=on" ;;
   vulkan) BACKEND_ARGS="-DGGML_VULKAN=on" ;;
 esac
-export CMAKE_ARGS="$BACKEND_ARGS ${CMAKE_ARGS:-}"
+# LLAVA_BUILD=OFF: llama-cpp-python's multimodal library (mtmd), which r1local never loads
+export CMAKE_ARGS="$BACKEND_ARGS -DLLAVA_BUILD=OFF ${CMAKE_ARGS:-}"
+# ccache, when the machine has it, makes a rebuild (--rebuild, a new cache key) quick; it does
+# not change what is built, so it stays out of the cache key
+LAUNCHER=""
+if command -v ccache >/dev/null 2>&1; then
+  LAUNCHER="-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache"
+  [ "$BACKEND" = cuda ] && LAUNCHER+=" -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache"
+fi
 
 # --- the cached llama-cpp-python wheel and llama.cpp tools -------------------------------
 # Beside the wheel, two of llama.cpp's own tools from the same source: llama-quantize (what
@@ -142,7 +188,7 @@ ELF_RPATH_BIN="\$ORIGIN/../lib/llama.cpp:\$ORIGIN/$BIN_TO_SITE/llama_cpp/lib"
 ELF_RPATH_LIB="\$ORIGIN:\$ORIGIN/$LIB_TO_SITE/llama_cpp/lib"
 # RECIPE names what the cache holds: it changes with the build steps, so that an older cache
 # (a wheel without tools, say) is never taken for a complete one.
-RECIPE="wheel+tools 5: ${TOOLS[*]} ${TOOLS_CMAKE[*]} elf=$ELF_RPATH_BIN;$ELF_RPATH_LIB"
+RECIPE="wheel+tools 6: ${TOOLS[*]} ${TOOLS_CMAKE[*]} elf=$ELF_RPATH_BIN;$ELF_RPATH_LIB"
 hash_of() { if command -v sha256sum >/dev/null; then sha256sum; else shasum -a 256; fi | cut -c1-12; }
 CPU_KEY="$ARCH-$(printf '%s|%s|%s' "$CPU_ID" "$CMAKE_ARGS" "$RECIPE" | hash_of)"
 PY_TAG="$("$VPY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
@@ -192,14 +238,18 @@ build_llama() {
     || build_failed "downloading the llama-cpp-python $LLAMA_VERSION source failed"
 
   t0=$(date +%s)
-  "${PIP[@]}" wheel --no-deps --no-cache-dir -w "$BUILD_TMP/dist" \
-      --config-settings=build-dir="$tree" "$src" >>"$BUILD_LOG" 2>&1 \
-    || build_failed "building llama-cpp-python failed; for a CPU-only build try ./install.sh --backend cpu"
+  # -v: the build's own "[N/M]" lines reach the log, for run_step's progress line
+  CMAKE_ARGS="$CMAKE_ARGS $LAUNCHER" run_step "compiling llama.cpp" "$BUILD_LOG" \
+      "for a CPU-only build try ./install.sh --backend cpu" -- \
+      "${PIP[@]}" wheel -v --no-deps --no-cache-dir -w "$BUILD_TMP/dist" \
+      --config-settings=build-dir="$tree" "$src"
   t1=$(date +%s)
   say "wheel built in $(( t1 - t0 )) s; now llama.cpp's tools from the same build"
-  { cmake -S "$src" -B "$tree" "${TOOLS_CMAKE[@]}" \
-      && cmake --build "$tree" -j "$JOBS" --target "${TOOLS[@]}"; } >>"$BUILD_LOG" 2>&1 \
-    || build_failed "building llama.cpp's tools (${TOOLS[*]}) failed"
+  cp "$tree/.ninja_log" "$WHEEL_DIR.ninja_log" 2>/dev/null || true  # where the time went
+  # shellcheck disable=SC2086  # $LAUNCHER is a list of flags
+  run_step "compiling ${TOOLS[*]}" "$BUILD_LOG" "run ./install.sh --rebuild" -- \
+      bash -c 'cmake -S "$1" -B "$2" "${@:5}" && cmake --build "$2" -j "$3" --target $4' _ \
+      "$src" "$tree" "$JOBS" "${TOOLS[*]}" "${TOOLS_CMAKE[@]}" $LAUNCHER
   say "tools built in $(( $(date +%s) - t1 )) s"
 
   # into the cache under a temporary name, renamed when complete

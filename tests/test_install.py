@@ -73,3 +73,50 @@ def test_installed_tools_run_on_the_wheels_libraries():
                 dyn = subprocess.run(["readelf", "-d", str(elf)], capture_output=True, text=True).stdout
                 for runpath in re.findall(r"\((?:RUNPATH|RPATH)\)\s+Library r\w*path: \[(.*)\]", dyn):
                     assert all(e.startswith("$ORIGIN") for e in runpath.split(":")), (elf, runpath)
+
+
+# ---- the progress line while compiling ------------------------------------------------------
+
+def _tiny_project(root: Path, steps: int, fail: bool = False) -> Path:
+    """A CMake project whose build takes ``steps`` one-second steps (and fails at the last)."""
+    src = root / "src"
+    src.mkdir()
+    lines = ["cmake_minimum_required(VERSION 3.16)", "project(tiny NONE)"]
+    for i in range(steps):
+        cmd = "false" if fail and i == steps - 1 else "sleep 1"
+        lines.append(f'add_custom_command(OUTPUT s{i} COMMAND {cmd} COMMAND touch s{i} '
+                     f'COMMENT "step {i}")')
+    lines.append(f"add_custom_target(all_steps ALL DEPENDS {' '.join(f's{i}' for i in range(steps))})")
+    (src / "CMakeLists.txt").write_text("\n".join(lines) + "\n")
+    return src
+
+
+def _build_through_run_step(tmp_path: Path, fail: bool) -> subprocess.CompletedProcess:
+    src = _tiny_project(tmp_path, 4, fail)
+    log = tmp_path / "build.log"
+    script = (f'R1LOCAL_INSTALL_FUNCTIONS=1 source "{SCRIPT}"; '
+              f'cmake -S "{src}" -B "{tmp_path}/b" -G Ninja >/dev/null && '
+              f'run_step "compiling tiny" "{log}" "try again" -- cmake --build "{tmp_path}/b" -j 1')
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "R1LOCAL_PROGRESS_EVERY": "0.5"})
+
+
+@pytest.mark.skipif(not (shutil.which("cmake") and shutil.which("ninja")), reason="no cmake/ninja")
+def test_a_build_shows_its_step_elapsed_time_and_estimate(tmp_path):
+    out = _build_through_run_step(tmp_path, fail=False)
+    assert out.returncode == 0, out.stderr
+    lines = out.stderr.strip().splitlines()
+    steps = [ln for ln in lines if re.match(r"  compiling tiny: step \d/\d, \d+ s so far", ln)]
+    assert len(steps) >= 3, out.stderr  # a line every half second over ~4 s
+    assert any(re.search(r"about \d+ s left \(log: .*build\.log\)$", ln) for ln in steps), steps
+    assert int(re.search(r"step (\d)/4", steps[-1]).group(1)) > int(
+        re.search(r"step (\d)/4", steps[0]).group(1))  # it moves
+
+
+@pytest.mark.skipif(not (shutil.which("cmake") and shutil.which("ninja")), reason="no cmake/ninja")
+def test_a_failed_build_shows_its_last_lines_and_the_fix(tmp_path):
+    out = _build_through_run_step(tmp_path, fail=True)
+    assert out.returncode != 0
+    assert "FAILED" in out.stderr  # ninja's own words, from the log's tail
+    assert re.search(r"error:\S* compiling tiny failed: try again \(full log: .*build\.log\)",
+                     out.stderr.strip().splitlines()[-1])
