@@ -35,7 +35,8 @@ run_step() {
       continue
     fi
     last=$el
-    step="$(grep -ao '^\[[0-9]*/[0-9]*\]' "$log" 2>/dev/null | tail -n 1 | tr -d '[]')" || true
+    # (pip -v indents the build's lines)
+    step="$(grep -aoE '^ *\[[0-9]+/[0-9]+\]' "$log" 2>/dev/null | tail -n 1 | tr -d '[] ')" || true
     text="$label: $(fmt_secs "$el") so far"
     if [ -n "$step" ]; then
       n=${step%/*}; m=${step#*/}
