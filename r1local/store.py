@@ -11,6 +11,10 @@ Names never become paths unchecked: catalog names are ``tag@QUANT`` built from t
 own tags, and import names must match NAME_PATTERN (no separators, no "..", no ":" or "@"),
 so a name can neither leave the store nor collide with a pull. The manifest is rewritten
 whole into a temporary file and renamed, under a lock, so a crash never leaves half of it.
+
+A damaged manifest never stops a command: an entry that cannot be used is skipped (one
+warning naming it), and a file that cannot be parsed at all is kept aside as
+``manifest.json.bad`` and rebuilt from the GGUF files in the model folders.
 """
 
 from __future__ import annotations
@@ -18,15 +22,21 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import difflib
+import errno
 import json
 import os
 import re
 import shutil
+import stat
+import threading
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-from r1local.errors import ModelFileError, R1LocalError, UnknownModelError, UsageError
+from r1local.errors import (DiskSpaceError, ModelFileError, R1LocalError, UnknownModelError,
+                            UsageError)
+from r1local import manifest
+from r1local.locks import file_lock
 from r1local.units import fmt_bytes
 
 if TYPE_CHECKING:
@@ -37,6 +47,7 @@ MANIFEST_SCHEMA = 1
 PARTIAL_DIR = ".partial"
 # an import name: a letter or digit, then letters, digits, "-", "_", "." (no "..")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+MAX_NAME = 255  # one path component on the common file systems: no longer name can be stored
 
 
 @dataclass(frozen=True)
@@ -60,7 +71,28 @@ class StoredModel:
 
     @property
     def present(self) -> bool:
-        return all(f.is_file() for f in self.files)
+        return all(_file_size(f) is not None for f in self.files)
+
+    def size_problem(self) -> str | None:
+        """Which file no longer has the size its manifest entry says, in words; None when all
+        do (a stat per file, no hashing). A linked import is the user's file: not checked."""
+        if self.linked or len(self.sizes) != len(self.files):
+            return None
+        for f, want in zip(self.files, self.sizes):
+            have = _file_size(f)
+            if have is not None and have != want:
+                return f"{f.name} is {have:,} bytes, not the {want:,} of its manifest entry"
+        return None
+
+
+def _file_size(path: Path) -> int | None:
+    """The size of a regular file, or None for anything else, a name too long or with a NUL
+    included (paths come from the manifest, which may be damaged)."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
 def _utcnow() -> str:
@@ -71,10 +103,24 @@ def check_name(name: str) -> str:
     """An import name that is safe to use as a folder name; UsageError otherwise."""
     if not NAME_PATTERN.match(name) or ".." in name:
         raise UsageError(
-            f"'{name}' cannot be a model name",
+            f"'{_short(name)}' cannot be a model name",
             hint="use letters, digits, '-', '_' or '.', starting with a letter or digit, "
                  "at most 80 characters (no '/', '..', ':' or '@')")
     return name
+
+
+def check_ref(ref: str) -> str:
+    """A reference to look up in the store by name (a store name, a tag, an alias), refused
+    with a UsageError when it could only be a path or is too long for any name."""
+    text = ref.strip()
+    if len(text) > MAX_NAME:
+        raise UsageError(f"'{text[:40]}…' ({len(text)} characters) cannot be a model name",
+                         hint=f"names are at most {MAX_NAME} characters; `r1local list` "
+                              "shows what is in the store")
+    if not text or text.startswith(".") or any(c in text for c in "/\\\0"):
+        raise UsageError(f"'{text}' cannot be a model name",
+                         hint="give a name from `r1local list`, a tag like 7b, or 7b:Q4_K_M")
+    return text
 
 
 def catalog_name(tag: str, quant: str) -> str:
@@ -87,10 +133,24 @@ def _dir_name(name: str) -> str:
     if ":" in name:
         tag, _, quant = name.partition(":")
         for part in (tag, quant):
-            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", part) or ".." in part:
-                raise UsageError(f"'{name}' cannot be a model name")
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", part) or ".." in part \
+                    or len(name) > MAX_NAME:
+                raise UsageError(f"'{_short(name)}' cannot be a model name")
         return f"{tag}@{quant}"
     return check_name(name)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _unusable(name: str, rec: Any) -> str | None:
+    """Why a manifest entry cannot be used, in a few words; None when it can."""
+    try:
+        _dir_name(name)
+    except UsageError:
+        return "not a model name"
+    return manifest.unusable(rec)
 
 
 class Store:
@@ -100,6 +160,7 @@ class Store:
 
             root = models_dir()
         self.root = Path(root).expanduser()
+        self._held = threading.local()  # this thread's depth inside _locked
 
     # ---- paths --------------------------------------------------------------------------
     @property
@@ -114,49 +175,144 @@ class Store:
         return self.root / PARTIAL_DIR
 
     # ---- manifest -----------------------------------------------------------------------
-    def _read(self) -> dict[str, dict]:
+    def _read(self) -> dict[str, Any]:
+        """Every entry as stored, the damaged ones included (a rewrite keeps them)."""
+        path = self.manifest_path
         try:
-            text = self.manifest_path.read_text(encoding="utf-8")
+            data = path.read_bytes()
         except FileNotFoundError:
-            return {}
+            # no manifest but model folders: rebuilt. Not under the lock, where a writer (the
+            # very first pull, say) is about to write it.
+            in_writer = getattr(self._held, "depth", 0)
+            return {} if in_writer or not self._scan(headers=False) else self._rebuild()
+        except IsADirectoryError:
+            raise ModelFileError(f"{path} is a directory, not the store manifest",
+                                 hint=f"move it out of the way (`mv {path} {path}.dir`); "
+                                      "r1local then rebuilds the manifest from the model "
+                                      "folders") from None
+        except OSError as err:
+            raise ModelFileError(f"cannot read the store manifest {path} ({err.strerror})",
+                                 hint="check its permissions") from None
+        models, _ = manifest.parse(data)
+        return models if models is not None else self._rebuild()
+
+    def _rebuild(self) -> dict[str, Any]:
+        """Keep an unreadable manifest aside (if there is one) and write one from the model
+        folders."""
+        path, why = self.manifest_path, ""
         try:
-            data = json.loads(text)
-            models = data["models"]
-            if not isinstance(models, dict):
-                raise TypeError
-        except (ValueError, KeyError, TypeError):
-            raise ModelFileError(
-                f"the store manifest {self.manifest_path} is damaged",
-                hint="move it aside; the GGUF files next to it can be added back with "
-                     "`r1local import`") from None
+            with self._locked():
+                try:  # another process may have rebuilt it while this one waited for the lock
+                    models, why = manifest.parse(path.read_bytes())
+                except FileNotFoundError:
+                    models = None
+                if models is not None:
+                    return models
+                if why:
+                    bad = manifest.aside(path)
+                    os.replace(path, bad)
+                models = self._scan()
+                self._write(models)
+        except OSError as err:  # a store this user may read but not write
+            raise ModelFileError(f"the store manifest {path} "
+                                 f"{f'is damaged ({why})' if why else 'is missing'} and cannot "
+                                 f"be rebuilt ({err.strerror or err})",
+                                 hint=f"make {self.root} writable, or move the manifest away "
+                                      "and import the models again") from None
+        what = (f"could not be read ({why}): kept it as {bad.name} and rebuilt it" if why
+                else "was missing: rebuilt it")
+        manifest.warn(f"the store manifest {what} from the model folders ({len(models)} found; "
+              "imports made with --link must be imported again)")
         return models
 
-    def _write(self, models: dict[str, dict]) -> None:
+    def _scan(self, headers: bool = True) -> dict[str, dict]:
+        """Manifest entries for the GGUF files in the store's folders: ``tag@QUANT/`` is the
+        catalog pull ``tag:QUANT``, any other folder an import (its quant read from the
+        header, unless not ``headers``). Sizes are measured; the sha256 is left unknown: the
+        next pull of the model hashes the files against the hub's."""
+        from r1local.ggufinfo import read_header
+
+        models: dict[str, dict] = {}
+        try:
+            folders = sorted(p for p in self.root.iterdir() if p.is_dir())
+        except OSError:
+            return models
+        for folder in folders:
+            tag, at, quant = folder.name.partition("@")
+            name = catalog_name(tag, quant) if at else folder.name
+            try:
+                if _dir_name(name) != folder.name:  # e.g. 7b@q4_k_m: not a folder r1local made
+                    continue
+            except UsageError:  # .partial, .source, or no name of ours
+                continue
+            files = sorted(f for f in folder.iterdir() if f.name.endswith(".gguf")
+                           and _file_size(f) is not None)
+            if not files:
+                continue
+            if not at:
+                try:
+                    quant = read_header(files[0], max_array=256).quant if headers else "?"
+                except (R1LocalError, OSError, ValueError):
+                    quant = "?"
+            sizes = tuple(f.stat().st_size for f in files)
+            models[name] = self._to_record(StoredModel(
+                name=name, tag=tag if at else None, quant=quant, files=tuple(files),
+                size=sum(sizes), source=None, revision=None, sha256=(), added_at=_utcnow(),
+                origin="pull" if at else "import", sizes=sizes))
+        return models
+
+    def _usable(self) -> dict[str, StoredModel]:
+        """The entries that can be used; the others are named in one warning."""
+        good, bad = {}, []
+        for name, rec in sorted(self._read().items()):
+            why = _unusable(name, rec)
+            if why is None:
+                good[name] = self._from_record(name, rec)
+            else:
+                bad.append(f"'{_short(name)}' ({why})")
+        if bad:
+            manifest.warn(f"skipped {len(bad)} damaged entr{'y' if len(bad) == 1 else 'ies'} of the "
+                  f"store manifest: {', '.join(bad)}; `r1local rm NAME` drops one, or fix it "
+                  f"in {self.manifest_path}")
+        return good
+
+    def _write(self, models: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.manifest_path.with_name(MANIFEST + ".partial")
         data = {"schema": MANIFEST_SCHEMA, "models": dict(sorted(models.items()))}
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.manifest_path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=2)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.manifest_path)
+        except BaseException as err:
+            tmp.unlink(missing_ok=True)  # never a half-written manifest left beside the real one
+            if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskSpaceError(f"the disk is full: the store manifest "
+                                     f"{self.manifest_path} could not be rewritten",
+                                     hint=f"free some space on {self.root}") from None
+            raise
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """One writer at a time (two pulls finishing together must not lose an entry)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+b") as f:
-            try:
-                import fcntl
-            except ImportError:  # Windows: no advisory locks; renames are still atomic
-                yield
-                return
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        """One writer at a time (two pulls finishing together must not lose an entry).
+        Re-entrant within a thread: a read under the lock may have to rebuild the manifest."""
+        depth = getattr(self._held, "depth", 0)
+        if depth:
+            self._held.depth = depth + 1
             try:
                 yield
             finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+                self._held.depth = depth
+            return
+        with file_lock(self.root / ".lock"):
+            self._held.depth = 1
+            try:
+                yield
+            finally:
+                self._held.depth = 0
 
     def _to_record(self, m: StoredModel) -> dict:
         rec = asdict(m)
@@ -173,10 +329,8 @@ class Store:
         return rec
 
     def _from_record(self, name: str, rec: dict) -> StoredModel:
-        files = tuple(f if Path(f).is_absolute() else self.root / f
-                      for f in map(Path, rec.get("files", [])))
-        if not files:
-            raise ModelFileError(f"the store manifest lists no file for '{name}'")
+        """An entry that _unusable passed."""
+        files = tuple(f if f.is_absolute() else self.root / f for f in map(Path, rec["files"]))
         return StoredModel(
             name=name, tag=rec.get("tag"), quant=rec.get("quant") or "?", files=files,
             size=int(rec.get("size") or 0), source=rec.get("source"),
@@ -184,20 +338,28 @@ class Store:
             added_at=rec.get("added_at") or "", origin=rec.get("origin") or "pull",
             linked=bool(rec.get("linked")), sizes=tuple(rec.get("sizes") or ()))
 
+    @staticmethod
+    def _key(models: dict[str, Any], name: str) -> str | None:
+        """The manifest key that ``name`` names (case does not matter)."""
+        want = name.strip().lower()
+        return next((k for k in models if k.lower() == want), None)
+
     # ---- queries ------------------------------------------------------------------------
     def list(self) -> list[StoredModel]:
-        return [self._from_record(n, r) for n, r in sorted(self._read().items())]
+        return list(self._usable().values())
 
     def get(self, name: str) -> StoredModel | None:
-        models = self._read()
-        key = next((k for k in models if k.lower() == name.strip().lower()), None)
-        return self._from_record(key, models[key]) if key is not None else None
+        if len(name.strip()) > MAX_NAME:  # no entry can have it: each name is a folder
+            return None
+        models = self._usable()
+        key = self._key(models, name)
+        return models[key] if key is not None else None
 
     def find(self, ref: str, catalog: Catalog) -> StoredModel | None:
         """``7b`` (the catalog's default quant first, then larger files), ``7b:q4_k_m``,
         an alias (``qwen-7b``), or an import name."""
         hit = self.get(ref)
-        if hit is not None:
+        if hit is not None or len(ref.strip()) > MAX_NAME:
             return hit
         try:
             mref = catalog.resolve(ref)
@@ -213,7 +375,20 @@ class Store:
         return mine[0]
 
     def names(self) -> list[str]:
-        return sorted(self._read())
+        return sorted(self._usable())
+
+    def damaged(self, name: str) -> str | None:
+        """The key of a manifest entry named ``name`` that cannot be used, if there is one."""
+        models = self._read()
+        key = self._key(models, name)
+        return key if key is not None and _unusable(key, models[key]) else None
+
+    def unknown(self, name: str) -> UnknownModelError:
+        """The error for a name the store does not have, with the closest it does."""
+        close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.4)
+        return UnknownModelError(f"'{_short(name)}' is not in the store",
+                                 hint=f"did you mean {' or '.join(close)}?" if close
+                                 else "`r1local list` shows what is there")
 
     # ---- changes ------------------------------------------------------------------------
     def add(self, model: StoredModel) -> StoredModel:
@@ -236,29 +411,45 @@ class Store:
             self._write(models)
         return model
 
-    def remove(self, name: str) -> StoredModel:
-        """Forget an entry and delete its files (never a linked import's own file)."""
+    def remove(self, name: str) -> StoredModel | None:
+        """Delete an entry's files (never a linked import's own file), then forget it; None
+        for a damaged entry (its folder is deleted, the paths it lists are not trusted).
+        Files first: on a full disk that is what makes room for the new manifest."""
+        check_ref(name)
         with self._locked():
             models = self._read()
-            key = next((k for k in models if k.lower() == name.strip().lower()), None)
+            key = self._key(models, name)
             if key is None:
-                close = difflib.get_close_matches(name, list(models), n=3, cutoff=0.4)
-                raise UnknownModelError(
-                    f"'{name}' is not in the store",
-                    hint=f"did you mean {' or '.join(close)}?" if close
-                    else "`r1local list` shows what is there")
-            model = self._from_record(key, models.pop(key))
-            self._write(models)
-        folder = self.model_dir(key)
-        if not model.linked:
-            root = self.root.resolve()
+                raise self.unknown(name)
+            folder = self.model_dir(key)  # a crafted key is refused here, before any change
+            usable = _unusable(key, models[key]) is None
+            model = self._from_record(key, models[key]) if usable else None
+            deleted = self._delete(model, folder)
+            del models[key]
+            try:
+                self._write(models)
+            except DiskSpaceError:
+                gone = "its files are deleted but " if deleted else ""
+                raise DiskSpaceError(f"{key}: {gone}the disk is full, so the store manifest "
+                                     "could not be rewritten and still lists it",
+                                     hint=f"free some space on {self.root}, then "
+                                          f"`r1local rm {key}` again") from None
+        return model
+
+    def _delete(self, model: StoredModel | None, folder: Path) -> bool:
+        """Delete what the store holds of an entry; whether anything was deleted."""
+        root = self.root.resolve()
+        deleted = False
+        if model is not None and not model.linked:
             for f in model.files:
                 p = Path(f)
-                if p.resolve().is_relative_to(root):  # never delete outside the store
-                    p.unlink(missing_ok=True)
-        if folder.is_dir() and folder.resolve().is_relative_to(self.root.resolve()):
+                if p.resolve().is_relative_to(root) and _file_size(p) is not None:
+                    p.unlink()  # never outside the store
+                    deleted = True
+        if folder.is_dir() and folder.resolve().is_relative_to(root):
             shutil.rmtree(folder, ignore_errors=True)
-        return model
+            deleted = True
+        return deleted
 
     def import_file(self, src: Path, name: str, *, link: bool = False, quant: str | None = None,
                     sha256: str | None = None) -> StoredModel:
@@ -282,8 +473,6 @@ class Store:
             need = src.stat().st_size
             free = shutil.disk_usage(folder).free
             if need > free:
-                from r1local.errors import DiskSpaceError
-
                 raise DiskSpaceError(f"copying {src.name} needs {fmt_bytes(need)} but {folder} has "
                                      f"{fmt_bytes(free)} free", hint="free some space, or use --link")
             shutil.copyfile(src, tmp)
@@ -324,22 +513,29 @@ def resolve_gguf(ref: str, catalog: Catalog, store: Store) -> tuple[Path, Stored
         raise UnknownModelError("no model named", hint="give a tag like 7b, or a path to a .gguf")
     if looks_like_path(text):
         p = Path(text).expanduser()
-        if not p.exists():  # (a folder or a non-GGUF is the header reader's to name)
-            near = sorted(x.name for x in p.parent.glob("*.gguf"))[:5] if p.parent.is_dir() else []
-            raise UnknownModelError(f"{text} does not exist",
+        if not _exists(p):  # (a folder or a non-GGUF is the header reader's to name)
+            near = sorted(x.name for x in p.parent.glob("*.gguf"))[:5] if _exists(p.parent) else []
+            raise UnknownModelError(f"{_short_path(text)} does not exist",
                                     hint=f"GGUF files there: {', '.join(near)}" if near else
                                     "give the path to a .gguf file, or a tag like 7b (`r1local list`)")
         return p, _entry_for_path(store, p)
+    if len(text) > MAX_NAME:
+        raise UnknownModelError(f"no model is named '{text[:40]}…' ({len(text)} characters)",
+                                hint=f"names are at most {MAX_NAME} characters; `r1local list` "
+                                     "shows what is in the store")
     found = store.find(text, catalog)
     if found is not None:
-        missing = [f for f in found.files if not f.is_file()]
+        again = (f"run `r1local pull {found.name}` again" if found.tag
+                 else f"`r1local rm {found.name}`, then import it again")
+        missing = [f for f in found.files if _file_size(f) is None]
         if missing:
-            again = (f"run `r1local pull {found.name}` again" if found.tag
-                     else f"`r1local rm {found.name}`, then import it again")
-            raise ModelFileError(f"{found.name} is in the store but {missing[0]} is gone",
-                                 hint=again)
+            raise ModelFileError(f"{found.name} is in the store but {_short_path(missing[0])} "
+                                 "is gone", hint=again)
+        problem = found.size_problem()
+        if problem:  # a file changed under the store (or written twice): not the one verified
+            raise ModelFileError(f"{found.name} in the store is damaged: {problem}", hint=again)
         return found.path, found
-    if Path(text).is_file():  # a bare file name in the current folder
+    if _file_size(Path(text)) is not None:  # a bare file name in the current folder
         return Path(text), _entry_for_path(store, Path(text))
     have = store.names()
     try:
@@ -353,6 +549,19 @@ def resolve_gguf(ref: str, catalog: Catalog, store: Store) -> tuple[Path, Stored
     here = f"; in the store: {', '.join(have)}" if have else ""
     raise UnknownModelError(f"{mref} is not downloaded{here}",
                             hint=f"run `r1local pull {mref}`")
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # a name too long, a NUL in it: nothing can be there
+        return False
+
+
+def _short_path(path: Path | str, limit: int = 120) -> str:
+    """The end of a long path (its file name is the telling part), for a one-line error."""
+    text = str(path)
+    return text if len(text) <= limit else "…" + text[-(limit - 1):]
 
 
 def _entry_for_path(store: Store, path: Path) -> StoredModel | None:

@@ -16,7 +16,8 @@ uses for a download, with real HTTP (huggingface-hub reaches it through ``HF_END
 
 Test knobs: ``throttle`` (bytes/s per response), ``corrupt`` (files served with one byte
 flipped, while the advertised sha256 stays right), ``fake_size`` (a size to advertise), and
-``log``: every request with its Range and the body bytes actually sent.
+``log``: every request with its Range and the body bytes actually sent (logged when the
+response ends; ``sending`` counts the bytes of the bodies still going out, as they go).
 
 Run it by hand: ``python tests/loopback_hub.py --serve-standin`` serves the R1 stand-in
 under the real 7b repo and every 7b quant file name from models.toml.
@@ -65,6 +66,7 @@ class LoopbackHub:
     host: str = "127.0.0.1"
     port: int = 0
     log: list[Request] = field(default_factory=list)
+    sending: dict[str, int] = field(default_factory=dict)  # path -> bytes sent so far, live
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -130,6 +132,11 @@ class LoopbackHub:
         with self._lock:
             return [r for r in self.log if (method is None or r.method == method)
                     and contains in r.path]
+
+    def sent_so_far(self, contains: str = "") -> int:
+        """Body bytes sent so far by the responses still open whose path contains this."""
+        with self._lock:
+            return sum(n for path, n in self.sending.items() if contains in path)
 
     def body_gets(self, contains: str = "") -> list[Request]:
         """GETs that sent file bytes (the /cdn/ downloads and direct small-file GETs)."""
@@ -331,6 +338,7 @@ class _Handler(BaseHTTPRequestHandler):
         damaged = f"{repo}/{name}" in self.hub.corrupt
         flip_at = size // 2
         sent = 0
+        live = f"{unquote(urlsplit(self.path).path)} #{id(self)}"  # one key per response
         try:
             with open(f, "rb") as fh:
                 fh.seek(start)
@@ -344,11 +352,15 @@ class _Handler(BaseHTTPRequestHandler):
                         block[flip_at - pos] ^= 0xFF
                     self.wfile.write(block)
                     sent += len(block)
+                    with self.hub._lock:
+                        self.hub.sending[live] = sent
                     if self.hub.throttle:
                         ahead = sent / self.hub.throttle - (time.monotonic() - t0)
                         if ahead > 0:
                             time.sleep(ahead)
         finally:
+            with self.hub._lock:
+                self.hub.sending.pop(live, None)
             self._record(status, sent)
 
 
@@ -361,6 +373,20 @@ def layout_variant(hub: LoopbackHub, variant, gguf: Path, quants: list[str] | No
         qf = variant.quants[q]
         if not qf.is_split:
             hub.add_file(variant.gguf_repo, qf.files[0], gguf)
+
+
+def unpinned_catalog(dest: Path) -> Path:
+    """A copy of models.toml at ``dest`` without its sha256 pins (point R1LOCAL_CATALOG at
+    it): the stand-in served under catalog file names is not the file a pin names, and a
+    pull refuses a pinned file whose hash differs unless told --trust-hub, which `run`'s own
+    pull of the recommended model has no way to say."""
+    import re
+
+    from r1local.catalog import catalog_path
+
+    text = re.sub(r"(?m)^sha256 = \[.*\]\n", "", catalog_path().read_text())
+    dest.write_text(text)
+    return dest
 
 
 def main(argv: list[str] | None = None) -> int:

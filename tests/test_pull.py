@@ -53,6 +53,24 @@ def r1local(env: dict, *args: str, timeout: float = 60) -> subprocess.CompletedP
                           capture_output=True, timeout=timeout)
 
 
+# The stand-in is not the file the catalog pins for 7b's quants: tests whose point is not the
+# catalog's hash take the hub's file, as a user would after a publisher's re-upload.
+TRUST = "--trust-hub"
+
+
+def pull(env: dict, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`r1local pull ARGS --trust-hub`."""
+    return r1local(env, "pull", *args, TRUST, timeout=timeout)
+
+
+def pull_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "r1local", "pull", *args, TRUST]
+
+
+def stored_file(env: dict, name: str = "7b:Q4_K_M") -> Path:
+    return Path(env["R1LOCAL_HOME"]) / "models" / manifest(env)[name]["files"][0]
+
+
 def manifest(env: dict) -> dict:
     path = Path(env["R1LOCAL_HOME"]) / "models" / "manifest.json"
     return json.loads(path.read_text())["models"] if path.exists() else {}
@@ -70,7 +88,7 @@ def error_line(p: subprocess.CompletedProcess) -> str:
 # ---- a full pull, then nothing fetched again ------------------------------------------------
 
 def test_full_pull_registers_verified_file_and_second_pull_fetches_nothing(env, hub, r1_standin):
-    p = r1local(env, "pull", f"{TAG}:q4_k_m")
+    p = pull(env, f"{TAG}:q4_k_m")
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "7b:Q4_K_M"
     entry = manifest(env)["7b:Q4_K_M"]
@@ -84,16 +102,16 @@ def test_full_pull_registers_verified_file_and_second_pull_fetches_nothing(env, 
     assert not (Path(env["R1LOCAL_HOME"]) / "models" / ".partial").exists()
 
     hub.log.clear()
-    again = r1local(env, "pull", TAG + ":Q4_K_M")
+    again = pull(env, TAG + ":Q4_K_M")
     assert again.returncode == 0, again.stderr
     assert "up to date" in again.stderr
     assert hub.body_gets() == []  # only the metadata HEAD
 
 
-def test_a_reupload_on_the_hub_is_noted_and_verified_against_the_hubs_hash(env, hub, r1_standin,
-                                                                             tmp_path):
-    """The catalog pins one hash, the hub now serves another file: the pull follows the hub
-    (whose LFS hash the bytes are checked against) and says so, rather than stranding users."""
+def test_a_file_the_catalog_does_not_pin_is_refused_unless_trust_hub(env, hub, r1_standin,
+                                                                   tmp_path):
+    """The catalog pins one hash, the hub (or a mirror) serves another file: refused, naming
+    both hashes and the fix; with --trust-hub the pull follows the hub's hash and says so."""
     import re
 
     from r1local.catalog import catalog_path
@@ -107,10 +125,16 @@ def test_a_reupload_on_the_hub_is_noted_and_verified_against_the_hubs_hash(env, 
         changed = section + f'sha256 = ["{pinned}"]\n'
     catalog = tmp_path / "models.toml"
     catalog.write_text(text.replace(section, changed))
-    p = r1local(dict(env, R1LOCAL_CATALOG=str(catalog)), "pull", "7b:Q4_K_M")
+    env = dict(env, R1LOCAL_CATALOG=str(catalog))
+    line = error_line(r1local(env, "pull", "7b:Q4_K_M"))
+    served = sha256(r1_standin)
+    assert served[:16] in line and pinned[:16] in line and "--trust-hub" in line, line
+    assert hub.body_gets() == [] and manifest(env) == {}
+
+    p = pull(env, "7b:Q4_K_M")
     assert p.returncode == 0, p.stderr
     assert "newer than the one the catalog lists (000000000000" in p.stderr
-    assert manifest(env)["7b:Q4_K_M"]["sha256"] == [sha256(r1_standin)]
+    assert manifest(env)["7b:Q4_K_M"]["sha256"] == [served]
 
 
 def test_no_quant_asks_the_planner_and_says_why(env, hub):
@@ -118,7 +142,7 @@ def test_no_quant_asks_the_planner_and_says_why(env, hub):
     from r1local.session import pick_quant
 
     expected = pick_quant(VARIANT, probe()).quant
-    p = r1local(env, "pull", TAG)
+    p = pull(env, TAG)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == f"7b:{expected}"
     assert f"chose 7b:{expected} for this machine:" in p.stderr
@@ -128,19 +152,19 @@ def test_no_quant_asks_the_planner_and_says_why(env, hub):
 # ---- resumable --------------------------------------------------------------------------------
 
 def test_killed_pull_resumes_from_the_partial(env, hub, r1_standin, tmp_path):
+    """kill -9 in the middle: the partial keeps (nearly) every byte the hub sent, and the
+    next pull asks for the rest only."""
     size = r1_standin.stat().st_size
     hub.throttle = 2_000_000  # bytes/s: the download takes ~5 s, long enough to kill it
     partial_dir = tmp_path / "r1" / "models" / ".partial"
-    proc = subprocess.Popen([sys.executable, "-m", "r1local", "pull", TAG + ":Q4_K_M"],
+    proc = subprocess.Popen(pull_cmd(TAG + ":Q4_K_M"),
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            parts = list(partial_dir.rglob("*.partial"))
-            if parts and parts[0].stat().st_size > size // 4:
-                break
+        # killed at a moment of the hub's choosing, not right after a write of ours
+        while hub.sent_so_far(Q4_FILE) < size // 3 and time.monotonic() < deadline:
             time.sleep(0.05)
-        else:
+        if time.monotonic() >= deadline:
             pytest.fail("the download never got going")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
@@ -148,8 +172,9 @@ def test_killed_pull_resumes_from_the_partial(env, hub, r1_standin, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    parts = list(partial_dir.rglob("*.partial"))
+    assert len(parts) == 1
     have = parts[0].stat().st_size
-    assert size // 4 < have < size
     assert manifest(env) == {}  # nothing half-done is registered
 
     hub.throttle = None
@@ -158,20 +183,115 @@ def test_killed_pull_resumes_from_the_partial(env, hub, r1_standin, tmp_path):
         time.sleep(0.05)
     first = hub.body_gets(Q4_FILE)
     assert [g.range for g in first] == [None]
-    p = r1local(env, "pull", TAG + ":Q4_K_M")
+    # what reached the socket but not the file is all a kill may cost
+    assert 0 <= first[0].sent - have < 1 << 20, (first[0].sent, have)
+    assert size // 4 < have < size
+    p = pull(env, TAG + ":Q4_K_M")
     assert p.returncode == 0, p.stderr
     assert "resuming" in p.stderr
     second = hub.body_gets(Q4_FILE)[len(first):]
     assert [(g.range, g.status, g.sent) for g in second] == [(f"bytes={have}-", 206, size - have)]
-    stored = tmp_path / "r1" / "models" / manifest(env)["7b:Q4_K_M"]["files"][0]
-    assert sha256(stored) == sha256(r1_standin)
+    assert sha256(stored_file(env)) == sha256(r1_standin)
+
+
+# ---- one writer per file ---------------------------------------------------------------------
+
+def test_two_pulls_of_one_tag_at_once_leave_one_verified_file(env, hub, r1_standin):
+    size = r1_standin.stat().st_size
+    hub.throttle = 1_000_000  # ~11 s each: the second starts while the first downloads
+    first = subprocess.Popen(pull_cmd(TAG + ":Q4_K_M"), env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while hub.sent_so_far(Q4_FILE) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = subprocess.Popen(pull_cmd(TAG + ":Q4_K_M"), env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        outs = [proc.communicate(timeout=60) for proc in (first, second)]
+    finally:
+        for proc in (first, second):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert [proc.returncode for proc in (first, second)] == [0, 0], outs
+    assert "another pull of " + Q4_FILE + " is in progress; waiting" in outs[1][1], outs[1][1]
+    entry = manifest(env)["7b:Q4_K_M"]
+    stored = stored_file(env)
+    assert stored.stat().st_size == entry["size"] == size
+    assert sha256(stored) == entry["sha256"][0] == sha256(r1_standin)
+    assert len(hub.body_gets(Q4_FILE)) == 1  # the second found the file in place
+    assert not (Path(env["R1LOCAL_HOME"]) / "models" / ".partial").exists()
+
+
+def test_tidying_up_leaves_the_files_of_a_download_in_progress(tmp_path):
+    from r1local.hub.fetch import tidy
+    from r1local.locks import file_lock
+
+    folder = tmp_path / "partials"
+    folder.mkdir()
+    names = ("busy.gguf.partial", "busy.gguf.partial.json", "busy.gguf.partial.lock",
+             "done.gguf.partial", "done.gguf.partial.json", "done.gguf.partial.lock",
+             "orphan.gguf.partial.json", "staged.gguf")
+    for name in names:
+        (folder / name).write_bytes(b"x")
+    with file_lock(folder / "busy.gguf.partial.lock"):  # another pull, as flock sees it
+        tidy(folder)
+        assert sorted(p.name for p in folder.iterdir()) == list(names[:3])
+    tidy(folder)
+    assert not folder.exists()
+
+
+def test_pull_rechecks_the_stored_files_size_and_with_verify_its_sha256(env, hub, r1_standin):
+    assert pull(env, TAG + ":Q4_K_M").returncode == 0
+    stored = stored_file(env)
+    good = stored.read_bytes()
+
+    with open(stored, "ab") as f:  # what two writers of one partial used to leave
+        f.write(b"\0" * 4096)
+    hub.log.clear()
+    p = pull(env, TAG + ":Q4_K_M")
+    assert p.returncode == 0, p.stderr
+    assert "downloading it again" in p.stderr and f"{len(good) + 4096:,} bytes" in p.stderr
+    assert stored.read_bytes() == good and len(hub.body_gets(Q4_FILE)) == 1
+
+    damaged = bytearray(good)  # the same size, one byte changed: only --verify sees it
+    damaged[len(good) // 2] ^= 0xFF
+    stored.write_bytes(bytes(damaged))
+    hub.log.clear()
+    p = pull(env, TAG + ":Q4_K_M")
+    assert p.returncode == 0 and "up to date" in p.stderr, p.stderr
+    assert hub.body_gets() == []
+    p = pull(env, TAG + ":Q4_K_M", "--verify")
+    assert p.returncode == 0, p.stderr
+    assert "downloading it again" in p.stderr and "sha256" in p.stderr
+    assert stored.read_bytes() == good and len(hub.body_gets(Q4_FILE)) == 1
+    hub.log.clear()
+    p = pull(env, TAG + ":Q4_K_M", "--verify")
+    assert p.returncode == 0 and "up to date" in p.stderr, p.stderr
+    assert hub.body_gets() == []
+
+
+def test_a_rebuilt_manifest_entry_is_checked_by_the_next_pull_not_fetched(env, hub, r1_standin):
+    """A rebuilt manifest has no sha256 for the files it found: pull hashes them against the
+    hub's, downloads nothing, and records the hash."""
+    assert pull(env, TAG + ":Q4_K_M").returncode == 0
+    models = Path(env["R1LOCAL_HOME"]) / "models"
+    (models / "manifest.json").write_bytes(b"\xff not a manifest")
+    listed = r1local(env, "list", "--json")
+    assert listed.returncode == 0 and "rebuilt" in listed.stderr, listed.stderr
+    assert manifest(env)["7b:Q4_K_M"]["sha256"] == []
+    hub.log.clear()
+    p = pull(env, TAG + ":Q4_K_M")
+    assert p.returncode == 0, p.stderr
+    assert hub.body_gets() == [] and "already in the store" in p.stderr
+    assert manifest(env)["7b:Q4_K_M"]["sha256"] == [sha256(r1_standin)]
 
 
 # ---- verified -----------------------------------------------------------------------------------
 
 def test_corrupted_download_is_deleted_and_not_registered(env, hub, r1_standin, tmp_path):
     hub.corrupt.add(f"{REPO}/{Q4_FILE}")
-    p = r1local(env, "pull", TAG + ":Q4_K_M")
+    p = pull(env, TAG + ":Q4_K_M")
     line = error_line(p)
     assert "damaged" in line and "deleted" in line and "sha256" in line
     assert manifest(env) == {}
@@ -179,21 +299,21 @@ def test_corrupted_download_is_deleted_and_not_registered(env, hub, r1_standin, 
     assert not [f for f in models.rglob("*") if f.is_file() and f.stat().st_size > 1 << 20]
 
     hub.corrupt.clear()
-    p = r1local(env, "pull", TAG + ":Q4_K_M")
+    p = pull(env, TAG + ":Q4_K_M")
     assert p.returncode == 0, p.stderr
     assert manifest(env)["7b:Q4_K_M"]["sha256"] == [sha256(r1_standin)]
 
 
 def test_a_file_that_is_not_a_gguf_is_never_registered(env, hub):
     hub.add_file(REPO, VARIANT.quants["Q2_K"].files[0], os.urandom(300_000))
-    line = error_line(r1local(env, "pull", TAG + ":Q2_K"))
+    line = error_line(pull(env, TAG + ":Q2_K"))
     assert "not a usable GGUF" in line and "deleted" in line
     assert manifest(env) == {}
 
 
 def test_not_enough_disk_is_refused_before_a_byte_is_downloaded(env, hub):
     hub.fake_size[f"{REPO}/{Q4_FILE}"] = 1 << 50  # the hub claims a petabyte
-    line = error_line(r1local(env, "pull", TAG + ":Q4_K_M"))
+    line = error_line(pull(env, TAG + ":Q4_K_M"))
     assert "not enough disk" in line and "1.00 PiB" in line and "free" in line
     assert hub.body_gets() == []
 
@@ -205,7 +325,7 @@ def test_split_model_is_fetched_as_one_model(env, loopback_hub, r1_standin, tmp_
     assert len(parts) == len(SPLIT_FILES) == 2
     for name, part in zip(SPLIT_FILES, parts):
         loopback_hub.add_file(SPLIT.variant.gguf_repo, name, part)
-    p = r1local(env, "pull", "70b:Q6_K")
+    p = pull(env, "70b:Q6_K")
     assert p.returncode == 0, p.stderr
     assert "split in 2 parts" in p.stderr
     entry = manifest(env)["70b:Q6_K"]
@@ -228,7 +348,7 @@ def test_file_already_in_the_hf_cache_is_not_fetched_again(env, hub, r1_standin,
     assert len(hub.body_gets(Q4_FILE)) == 1
     hub.log.clear()
 
-    p = r1local(env, "pull", TAG + ":Q4_K_M")
+    p = pull(env, TAG + ":Q4_K_M")
     assert p.returncode == 0, p.stderr
     assert "from the Hugging Face cache" in p.stderr
     assert hub.body_gets() == []
@@ -238,7 +358,8 @@ def test_file_already_in_the_hf_cache_is_not_fetched_again(env, hub, r1_standin,
     # offline, the cache alone is enough (into a fresh store)
     hub.log.clear()
     offline = dict(env, HF_HUB_OFFLINE="1", R1LOCAL_HOME=str(tmp_path / "r1-offline"))
-    p = r1local(offline, "pull", TAG + ":Q4_K_M")
+    assert "--trust-hub" in error_line(r1local(offline, "pull", TAG + ":Q4_K_M"))  # pinned
+    p = pull(offline, TAG + ":Q4_K_M")
     assert p.returncode == 0, p.stderr
     assert hub.requests() == []
 
@@ -272,15 +393,15 @@ def test_unknown_tag_suggests_the_closest(env, loopback_hub):
 
 def test_gated_repo_says_to_set_hf_token_and_the_token_opens_it(env, hub):
     hub.gated.add(REPO)
-    line = error_line(r1local(env, "pull", TAG + ":Q4_K_M"))
+    line = error_line(pull(env, TAG + ":Q4_K_M"))
     assert "gated" in line and "HF_TOKEN" in line
-    p = r1local(dict(env, HF_TOKEN=hub.token), "pull", TAG + ":Q4_K_M")
+    p = pull(dict(env, HF_TOKEN=hub.token), TAG + ":Q4_K_M")
     assert p.returncode == 0, p.stderr
 
 
 def test_file_missing_on_the_hub(env, loopback_hub, r1_standin):
     loopback_hub.add_file(REPO, "README.md", b"only a readme")
-    line = error_line(r1local(env, "pull", TAG + ":Q4_K_M"))
+    line = error_line(pull(env, TAG + ":Q4_K_M"))
     assert Q4_FILE in line and "not in" in line
 
 
@@ -327,7 +448,7 @@ def test_from_source_fetches_only_needed_files_and_converts(env, loopback_hub, t
 
 def test_pull_7b_then_run_7b_end_to_end(env, hub):
     """`HF_ENDPOINT=... r1local pull 7b` then `r1local run 7b "hello"`: the README recipe."""
-    p = r1local(env, "pull", TAG)
+    p = pull(env, TAG)
     assert p.returncode == 0, p.stderr
     run = r1local(env, "run", TAG, "hello", "--max-tokens", "8", "--seed", "1", "--json",
                   timeout=120)
@@ -340,7 +461,8 @@ def test_pull_7b_then_run_7b_end_to_end(env, hub):
 def test_progress_callback_gets_ollama_style_events(env, hub, r1_standin):
     """What the server's /api/pull relays: status lines and digest/total/completed numbers."""
     code = ("import json; from r1local.hub import pull; ev = []; "
-            "m = pull('7b:Q4_K_M', progress=ev.append); print(json.dumps([m.name, ev]))")
+            "m = pull('7b:Q4_K_M', progress=ev.append, trust_hub=True); "
+            "print(json.dumps([m.name, ev]))")
     p = subprocess.run([sys.executable, "-c", code], env=env, text=True, capture_output=True,
                        timeout=60)
     assert p.returncode == 0, p.stderr
@@ -360,7 +482,7 @@ def test_ctrl_c_keeps_the_partial_and_says_how_to_resume(env, hub, r1_standin, t
     partial_dir = tmp_path / "r1" / "models" / ".partial"
     # restore_signals does not undo an inherited SIG_IGN (a runner started with `cmd &`):
     # give the child the default SIGINT a terminal user's shell would
-    proc = subprocess.Popen([sys.executable, "-m", "r1local", "pull", TAG + ":Q4_K_M"], env=env,
+    proc = subprocess.Popen(pull_cmd(TAG + ":Q4_K_M"), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:

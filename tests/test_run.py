@@ -151,14 +151,16 @@ def standin_hub(tmp_path, loopback_hub, r1_standin):
     """A hub serving the R1 stand-in under every catalog variant's (one-file) quants, so a
     pull of whatever is recommended would succeed: a silent download would go unnoticed
     but for the hub's log. Returns (hub, env for r1local)."""
-    from loopback_hub import layout_variant
+    from loopback_hub import layout_variant, unpinned_catalog
 
     from r1local.catalog import load_catalog
 
     for variant in load_catalog():
         layout_variant(loopback_hub, variant, r1_standin)
     env = {"HF_ENDPOINT": loopback_hub.url, "HF_HOME": str(tmp_path / "hf"),
-           "R1LOCAL_HOME": str(tmp_path / "r1"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+           "R1LOCAL_HOME": str(tmp_path / "r1"), "HF_HUB_DISABLE_TELEMETRY": "1",
+           # run's pull cannot say --trust-hub: a catalog that pins nothing takes the stand-in
+           "R1LOCAL_CATALOG": str(unpinned_catalog(tmp_path / "models.toml"))}
     return loopback_hub, env
 
 

@@ -22,7 +22,8 @@ def run(args: argparse.Namespace) -> int:
             "name": m.name, "tag": m.tag, "quant": m.quant, "size": m.size,
             "files": [str(f) for f in m.files], "source": m.source, "revision": m.revision,
             "sha256": list(m.sha256), "added_at": m.added_at, "origin": m.origin,
-            "linked": m.linked, "present": m.present} for m in models], indent=2))
+            "linked": m.linked, "present": m.present, "damaged": m.size_problem()}
+            for m in models], indent=2))
         return 0
     if not models:
         print(f"no models in {store.root} yet: `r1local pull 7b` fetches one, "
@@ -30,7 +31,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     rows = [("NAME", "QUANT", "SIZE", "FROM", "ADDED", "WHERE")]
     for m in models:
-        where = str(m.path) + ("" if m.present else "  (missing!)")
+        problem = m.size_problem()
+        where = str(m.path) + ("  (missing!)" if not m.present else
+                               f"  (damaged: {problem}; `r1local pull {m.name}` fetches it "
+                               "again)" if problem else "")
         origin = {"pull": m.source or "hub", "source": f"built from {m.source}",
                   "import": "import" + (" (link)" if m.linked else "")}.get(m.origin, m.origin)
         rows.append((m.name, m.quant, fmt_bytes(m.size), origin,

@@ -20,6 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="download the original safetensors and convert them locally")
     parser.add_argument("--keep-source", action="store_true",
                         help="with --from-source: keep the safetensors after converting")
+    parser.add_argument("--trust-hub", action="store_true",
+                        help="take the hub's file when its sha256 is not the one the catalog "
+                        "pins (a publisher's re-upload); it is still checked against the "
+                        "hub's hash")
+    parser.add_argument("--verify", action="store_true",
+                        help="for a model already in the store: hash its files again, not "
+                        "only check their sizes")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_min_speed(parser)
 
@@ -36,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         model = pull_model(args.tag, quant=args.quant, from_source=args.from_source,
                            keep_source=args.keep_source, progress=not args.quiet,
-                           min_tok_s=min_speed(args))
+                           min_tok_s=min_speed(args), trust_hub=args.trust_hub,
+                           verify=args.verify)
     except KeyboardInterrupt:
         print(f"\nr1local: interrupted; `r1local pull {args.tag}` again resumes the download",
               file=sys.stderr)

@@ -14,17 +14,22 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from r1local.catalog import load_catalog
-    from r1local.errors import UnknownModelError, UsageError
+    from r1local.errors import UsageError
+    from r1local.store import Store, check_ref
     from r1local.units import fmt_bytes
-    from r1local.store import Store
 
     store = Store()
-    model = store.get(args.name) or store.find(args.name, load_catalog())
-    if model is None:
-        store.remove(args.name)  # raises UnknownModelError with the closest names
-        raise UnknownModelError(f"'{args.name}' is not in the store")
-    what = (f"{model.name} ({fmt_bytes(model.size)}"
-            + (", a link: your file is kept" if model.linked else "") + ")")
+    name = check_ref(args.name)  # a path is refused before anything is read or changed
+    model = store.get(name) or store.find(name, load_catalog())
+    if model is not None:
+        name = model.name
+        what = (f"{model.name} ({fmt_bytes(model.size)}"
+                + (", a link: your file is kept" if model.linked else "") + ")")
+    else:
+        name = store.damaged(name)
+        if name is None:
+            raise store.unknown(args.name)
+        what = f"the damaged entry {name} (and its folder in the store)"
     if not args.yes:
         if not sys.stdin.isatty():
             raise UsageError(f"not removing {what} without confirmation", hint="add --yes")
@@ -32,6 +37,6 @@ def run(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("kept", file=sys.stderr)
             return 1
-    store.remove(model.name)
+    store.remove(name)
     print(f"removed {what}")
     return 0

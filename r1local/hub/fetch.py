@@ -11,14 +11,19 @@ restarts from zero. Here a file goes to ``<store>/.partial/<model>/<file>.partia
 etag it belongs to beside it, and the next try asks for ``Range: bytes=<partial size>-``.
 Bytes always come over plain HTTP from the resolve redirect, never through Xet.
 
+One process at a time writes a partial: each file is brought under a lock beside it
+(``<file>.partial.lock``); a second pull of the same file waits, then finds it in place.
+
 A file takes its place only once its sha256 equals the hub's LFS hash and, for a GGUF, its
-header reads back valid; otherwise it is deleted and the error says so. Small files (a
-checkpoint's configs) have no LFS hash: they are checked against the git blob sha1 that the
-hub gives as their ETag.
+header reads back valid; otherwise it is deleted and the error says so. A catalog that pins
+another sha256 than the hub's stops the pull, unless the user trusts the hub (a re-upload).
+Small files (a checkpoint's configs) have no LFS hash: they are checked against the git blob
+sha1 that the hub gives as their ETag.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -26,16 +31,20 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from r1local.errors import DiskSpaceError, ModelFileError, NetworkError, R1LocalError
 from r1local.hub.errors import endpoint, hub_error
 from r1local.hub.progress import CountingFile, Progress
+from r1local.locks import file_lock, try_lock
 from r1local.store import Store, file_sha256
 from r1local.units import fmt_bytes
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 GIT_SHA1 = re.compile(r"^[0-9a-f]{40}$")
 DISK_MARGIN = 64 << 20  # keep a little free beyond the files themselves
+# http_get writes what it reads in pieces of this size: what a kill -9 can lose of a download
+RESUME_GRAIN = 256 << 10
 
 
 @dataclass
@@ -65,6 +74,10 @@ class Remote:
     def partial_meta(self) -> Path:
         return self.partial.with_name(self.partial.name + ".json")
 
+    @property
+    def lock(self) -> Path:
+        return self.partial.with_name(self.partial.name + ".lock")
+
 
 # ---- asking the hub ------------------------------------------------------------------------
 
@@ -75,9 +88,10 @@ def offline() -> bool:
 
 
 def remote(repo: str, filename: str, revision: str, dest: Path, partial_root: Path,
-           catalog_sha: str | None = None, notes: list[str] | None = None) -> Remote:
-    """The hub's answer for ``filename`` at ``revision``, to be fetched to ``dest``.
-    A catalog hash that differs from the hub's adds a line to ``notes``."""
+           catalog_sha: str | None = None, notes: list[str] | None = None, *,
+           trust_hub: bool = False) -> Remote:
+    """The hub's answer for ``filename`` at ``revision``, to be fetched to ``dest``; a
+    catalog hash that differs from the hub's stops here (see ``expected_sha``)."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
     url = hf_hub_url(repo, filename, revision=revision)
@@ -92,15 +106,32 @@ def remote(repo: str, filename: str, revision: str, dest: Path, partial_root: Pa
                            hint="is HF_ENDPOINT a Hugging Face hub?")
     etag = meta.etag.lower()
     lfs_sha = etag if SHA256.match(etag) else None
-    if catalog_sha and lfs_sha and catalog_sha.lower() != lfs_sha and notes is not None:
-        # Publishers re-upload (a fixed chat template, say). The bytes are checked against the
-        # hub's own hash either way; refusing would strand every user until a catalog
-        # release, so say it and go on.
-        notes.append(f"{filename} on the hub (sha256 {lfs_sha[:12]}…) is newer than the one "
-                     f"the catalog lists ({catalog_sha[:12]}…); verifying against the hub's hash")
     return Remote(repo=repo, filename=filename, url=meta.location or url, size=int(meta.size),
                   etag=etag, commit=meta.commit_hash, dest=dest,
-                  expected_sha=(lfs_sha or catalog_sha), partial_root=partial_root)
+                  expected_sha=expected_sha(filename, catalog_sha, lfs_sha, trust_hub, notes),
+                  partial_root=partial_root)
+
+
+def expected_sha(filename: str, catalog_sha: str | None, hub_sha: str | None,
+                 trust_hub: bool, notes: list[str] | None) -> str | None:
+    """The sha256 the file must have. Where the catalog pins one and the hub (or the HF
+    cache) states another, the pull stops: a mirror serving some other file must not be
+    registered under a catalog name. ``trust_hub`` is the user's word that it is a
+    publisher's re-upload: then the hub's hash governs, and a note says so."""
+    catalog_sha = catalog_sha.lower() if catalog_sha else None
+    if not (catalog_sha and hub_sha) or catalog_sha == hub_sha:
+        return hub_sha or catalog_sha
+    if not trust_hub:
+        raise ModelFileError(
+            f"{filename} on {endpoint()} has sha256 {hub_sha[:16]}… but the catalog pins "
+            f"{catalog_sha[:16]}…: not the file the catalog names, so it is not downloaded",
+            hint="if the publisher re-uploaded it, add --trust-hub to take the hub's file "
+                 "(still checked against the hub's hash)")
+    if notes is not None:
+        notes.append(f"{filename} on the hub (sha256 {hub_sha[:12]}…) is newer than the one "
+                     f"the catalog lists ({catalog_sha[:12]}…); verifying against the hub's "
+                     "hash (--trust-hub)")
+    return hub_sha
 
 
 def in_hf_cache(r: Remote) -> Path | None:
@@ -160,11 +191,57 @@ def partial_root(store: Store, name: str) -> Path:
 
 
 def tidy_partials(store: Store, name: str) -> None:
-    shutil.rmtree(partial_root(store, name), ignore_errors=True)
+    """After a pull: what its downloads left, and the folders once empty."""
+    tidy(partial_root(store, name))
     try:
         store.partial_dir().rmdir()  # only once no other model has one in progress
     except OSError:
         pass
+
+
+def tidy(folder: Path) -> None:
+    """Delete what downloads left in ``folder``, then the folder if that empties it; but not
+    the files of a download in progress: each partial has a lock beside it, and a file whose
+    lock another pull holds stays. (A pull waiting on a lock deleted here takes a new one:
+    store.file_lock.)"""
+    held = {}
+    try:
+        for lock in folder.glob("*.partial.lock"):
+            f = try_lock(lock)
+            if f is not None:
+                held[lock] = f
+        # a lock after the files it guards: it is let go of only once they are gone
+        for p in sorted(folder.iterdir(), key=lambda p: p.name.endswith(".lock")):
+            lock = _lock_of(p)
+            if lock is not None and lock not in held and lock.exists():
+                continue  # another pull's (its lock may be newer than the glob above)
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        folder.rmdir()
+    except OSError:  # no folder, or something stays in it
+        pass
+    finally:
+        for f in held.values():
+            f.close()
+
+
+def _lock_of(path: Path) -> Path | None:
+    """The lock of a download's file (``x.partial``, ``x.partial.json``, ... ->
+    ``x.partial.lock``); None for a file no download writes."""
+    cut = path.name.find(".partial")
+    return path.with_name(path.name[: cut + len(".partial")] + ".lock") if cut > 0 else None
+
+
+@contextlib.contextmanager
+def _one_writer(r: Remote, progress: Progress) -> Iterator[None]:
+    """The file is this process's to bring until the block ends: two pulls appending to one
+    partial (and one still writing after the other renamed it into place) is how a verified
+    file ended up longer than its manifest says."""
+    with file_lock(r.lock, on_wait=lambda: progress.say(
+            f"another pull of {r.label} is in progress; waiting")):
+        yield
 
 
 # ---- downloading ---------------------------------------------------------------------------
@@ -185,10 +262,14 @@ def _host(url: str) -> str:
 
 def _download(r: Remote, progress: Progress) -> None:
     """Bring r to r.partial (complete), resuming what an earlier run left there."""
+    from huggingface_hub import constants
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers, disable_progress_bars
 
     disable_progress_bars("huggingface_hub.http_get")  # ours is drawn instead (or the callback's)
+    # http_get reads DOWNLOAD_CHUNK_SIZE (10 MiB) before each write, so a kill lost up to that
+    # much of what had arrived; this process downloads nothing for which bigger pieces matter
+    constants.DOWNLOAD_CHUNK_SIZE = min(constants.DOWNLOAD_CHUNK_SIZE, RESUME_GRAIN)
 
     r.partial.parent.mkdir(parents=True, exist_ok=True)
     if r.partial.exists() and not _partial_matches(r):
@@ -275,31 +356,49 @@ def _verify(path: Path, r: Remote, progress: Progress, *, first: bool) -> str:
     return digest
 
 
-def bring(r: Remote, progress: Progress, *, first: bool) -> str:
-    """Make r.dest the verified file, from the store, the HF cache or the hub; returns its
-    sha256. ``first``: the file is a GGUF's first part (it names the architecture)."""
-    if r.dest.is_file() and r.dest.stat().st_size == r.size:
+def _in_place(r: Remote, progress: Progress) -> str | None:
+    """r.dest's sha256 when it is already the file r describes. A file there that is not
+    (another size, another hash) is said, and None: it is to be downloaded again."""
+    try:
+        have = r.dest.stat().st_size
+    except FileNotFoundError:
+        return None
+    if have == r.size:
         digest = file_sha256(r.dest)
         if not r.expected_sha or digest == r.expected_sha:
             progress.say(f"{r.label} is already in the store")
             return digest
-    if r.cached is not None:
-        progress.say(f"using {r.label} from the Hugging Face cache "
-                     f"({r.cached.parent.parent.name})")
-        staged = r.partial.with_name(r.partial.name + ".cache")
-        _link_or_copy(r.cached, staged)
-        try:
-            digest = _verify(staged, r, progress, first=first)
-        except ModelFileError:
-            progress.say(f"the cached copy of {r.label} is damaged; downloading it")
-        else:
-            r.dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staged, r.dest)
+        why = f"its sha256 is {digest[:12]}…, not {r.expected_sha[:12]}…"
+    else:
+        why = f"it is {have:,} bytes, not {r.size:,}"
+    progress.say(f"{r.label} in the store is not the hub's file ({why}); downloading it again")
+    return None
+
+
+def bring(r: Remote, progress: Progress, *, first: bool) -> str:
+    """Make r.dest the verified file, from the store, the HF cache or the hub; returns its
+    sha256. ``first``: the file is a GGUF's first part (it names the architecture)."""
+    with _one_writer(r, progress):
+        digest = _in_place(r, progress)  # (again after a wait: the other pull may have brought it)
+        if digest is not None:
             return digest
-    _download(r, progress)
-    digest = _verify(r.partial, r, progress, first=first)
-    _settle(r)
-    return digest
+        if r.cached is not None:
+            progress.say(f"using {r.label} from the Hugging Face cache "
+                         f"({r.cached.parent.parent.name})")
+            staged = r.partial.with_name(r.partial.name + ".cache")
+            _link_or_copy(r.cached, staged)
+            try:
+                digest = _verify(staged, r, progress, first=first)
+            except ModelFileError:
+                progress.say(f"the cached copy of {r.label} is damaged; downloading it")
+            else:
+                r.dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged, r.dest)
+                return digest
+        _download(r, progress)
+        digest = _verify(r.partial, r, progress, first=first)
+        _settle(r)
+        return digest
 
 
 def _git_sha1(path: Path) -> str:
@@ -313,11 +412,12 @@ def bring_plain(r: Remote, progress: Progress) -> None:
     if r.expected_sha:
         bring(r, progress, first=False)
         return
-    if r.dest.is_file() and _git_sha1(r.dest) == r.etag:
-        return
-    _download(r, progress)
-    if GIT_SHA1.match(r.etag) and _git_sha1(r.partial) != r.etag:
-        r.partial.unlink(missing_ok=True)
-        raise ModelFileError(f"{r.filename} from {r.repo} is damaged (git hash mismatch); "
-                             "deleted it", hint="run the same pull again")
-    _settle(r)
+    with _one_writer(r, progress):
+        if r.dest.is_file() and _git_sha1(r.dest) == r.etag:
+            return
+        _download(r, progress)
+        if GIT_SHA1.match(r.etag) and _git_sha1(r.partial) != r.etag:
+            r.partial.unlink(missing_ok=True)
+            raise ModelFileError(f"{r.filename} from {r.repo} is damaged (git hash mismatch); "
+                                 "deleted it", hint="run the same pull again")
+        _settle(r)

@@ -92,6 +92,10 @@ class CountingFile:
 
     def write(self, data: bytes) -> int:
         n = self._f.write(data)
+        # to the OS at once: a killed process loses nothing it had received (the kernel keeps
+        # what was written; fsync would only add power cuts, after which the sha256 check
+        # catches a bad partial)
+        self._f.flush()
         self._p.advance(len(data))
         return n
 

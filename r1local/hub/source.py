@@ -109,7 +109,7 @@ def pull_source(variant: Variant, quant: str, name: str, store: Store, prog: Pro
         name=name, tag=variant.tag, quant=quant, files=(out,), size=out.stat().st_size,
         source=repo, revision=commit, sha256=(digest,), added_at="", origin="source"))
     fetch.tidy_partials(store, name)
-    shutil.rmtree(src_partials, ignore_errors=True)
+    fetch.tidy(src_partials)
     prog.say(f"built {name} ({fmt_bytes(model.size)}) from {repo} into {folder}")
     return model
 
