@@ -1,4 +1,4 @@
-"""Fuzz `r1local run` with hundreds of truncated and byte-mutated GGUF files.
+"""Fuzz `r1local run` and `r1local serve` with a thousand truncated and mutated GGUF files.
 
 Each file must end in a clean one-line error or a normal run: never a crash (signal),
 an uncaught exception or a hang. One worker process runs the files one after another
@@ -6,8 +6,11 @@ through the CLI's own main(); the test feeds it one file at a time, so when the 
 dies or stops answering, the file that did it is known. The worker is then re-spawned.
 
 Mutations aim at the GGUF structure (counts, string lengths, value types, array
-counts, tensor dims, types and offsets), where a bad value makes llama.cpp misbehave,
-with some plain truncations and random bytes for good measure.
+counts, tensor dims, types and offsets) and at the numbers llama.cpp trusts (layer and head
+counts, widths, the norm epsilon and rope base, as NaN, infinities, negatives, zeros and
+huge values), where a bad value makes llama.cpp misbehave or abort, with some plain
+truncations and random bytes for good measure. A server is fed a share of the same files
+by path: it must answer every request and stay up.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CASE_TIMEOUT = 30.0  # seconds for one file; the slowest normal run takes about 1 s
-RUN_ARGS = ["hi", "--max-tokens", "2", "--ctx", "128", "--threads", "1", "--seed", "1"]
-R1_CASES, SMOL_CASES = 160, 100
+RUN_ARGS = ["hi", "--max-tokens", "2", "--think-budget", "0", "--ctx", "128", "--threads", "1",
+            "--seed", "1"]
+R1_CASES, SMOL_CASES = 600, 420
+SERVE_CASES = 160  # of those, sent to one server
 
 _SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 
@@ -70,6 +75,8 @@ def structural_fields(data: bytes) -> list[tuple[int, int, str]]:
         else:
             if vtype in (4, 5, 10, 11):
                 fields.append((pos, _SCALAR_SIZES[vtype], f"value of {key}"))
+            elif vtype == 6:
+                fields.append((pos, 4, f"float value of {key}"))
             pos += _SCALAR_SIZES[vtype]
     for _ in range(n_tensors):
         string("tensor name length")
@@ -114,18 +121,36 @@ class Case:
                 f.write(original[self.offset: self.offset + len(self.patch)])
 
 
+# what a float hyper-parameter is set to: the values llama.cpp asserts or divides on
+BAD_FLOATS = (float("nan"), -float("nan"), float("inf"), -float("inf"), -1.0, -1e-30, 0.0, -0.0,
+              1e30, 3.4e38, 1e-45)
+
+
 def mutations(name: str, data: bytes, n: int, rng: random.Random, data_bytes: bool) -> list[Case]:
     fields = structural_fields(data)
     header_end = max(off + size for off, size, _ in fields)
     formats = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
+    values = [f for f in fields if f[2].startswith(("value of", "float value of"))]
     cases = []
     for _ in range(n):
         kind = rng.random()
-        if kind < 0.25:
+        if kind < 0.3:  # a hyper-parameter (count, width, id, epsilon, base) gone bad
+            off, size, what = rng.choice(values)
+            if what.startswith("float"):
+                new = rng.choice(BAD_FLOATS)
+                cases.append(Case(name, f"{what} @{off}: -> {new}", off, struct.pack("<f", new)))
+                continue
+            (old,) = struct.unpack_from(formats[size], data, off)
+            top = (1 << (8 * size)) - 1
+            new = rng.choice([0, 1, 2, 3, 7, top, top >> 1, 1 << 31, 513, old * 3, old + 1,
+                              max(0, old - 1), old // 2]) & top
+            cases.append(Case(name, f"{what} @{off}: {old} -> {new}", off,
+                              new.to_bytes(size, "little")))
+        elif kind < 0.45:
             cut = rng.choice([rng.randrange(0, 64), rng.randrange(0, header_end + 64),
                               rng.randrange(header_end, len(data))])
             cases.append(Case(name, f"truncated at {cut}", cut=cut))
-        elif kind < 0.85:
+        elif kind < 0.88:
             off, size, what = rng.choice(fields)
             (old,) = struct.unpack_from(formats[size], data, off)
             top = (1 << (8 * size)) - 1
@@ -216,6 +241,51 @@ def test_fuzzed_gguf_files_never_crash_or_hang(tmp_path, r1_standin, smollm2):
     assert not failures, "\n".join(failures)
     # the mutations must really exercise both paths
     assert outcomes["error"] > len(cases) // 3 and outcomes["ok"] > 10, outcomes
+
+
+def test_fuzzed_files_sent_to_a_server_never_take_it_down(tmp_path, r1_standin):
+    """The same kind of files by path to one `r1local serve` (paths allowed for this folder
+    only): every request gets an answer, and the server is still up after each."""
+    import re
+    import time
+
+    import httpx
+
+    rng = random.Random(4321)
+    original = r1_standin.read_bytes()
+    cases = mutations("r1-standin", original, SERVE_CASES, rng, data_bytes=True)
+    log = tmp_path / "server.log"
+    env = dict(os.environ, R1LOCAL_HOME=str(tmp_path / "home"))
+    with open(log, "w") as err:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "r1local", "serve", "--port", "0", "--keep-alive", "0",
+             "--threads", "1", "--allow-paths", str(tmp_path)],
+            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 60
+        while not (m := re.search(r"serving on (http://\S+)", log.read_text())):
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        url = m.group(1)
+        statuses: dict[int, int] = {}
+        for i, case in enumerate(cases):
+            target = tmp_path / f"case-{i}.gguf"
+            target.write_bytes(original)
+            case.apply(target, original)
+            r = httpx.post(f"{url}/api/generate", timeout=CASE_TIMEOUT, json={
+                "model": str(target), "prompt": "hi", "stream": False,
+                "options": {"num_predict": 2, "num_ctx": 256, "seed": 1}})
+            assert server.poll() is None, f"{case.what}: the server died ({server.returncode})"
+            assert r.status_code == 200 or "error" in r.json(), (case.what, r.text)
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+            target.unlink()
+        assert httpx.get(f"{url}/api/version", timeout=10).status_code == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    # both outcomes really happen: files that load and answer, and files refused
+    assert statuses.get(200, 0) > 10 and sum(statuses.values()) - statuses.get(200, 0) > 10, \
+        statuses
 
 
 def worker_main() -> None:

@@ -20,6 +20,7 @@ import pytest
 
 from r1local.server.background import BackgroundServer
 from r1local.server.config import ServerConfig, exposure_warning, parse_duration
+from test_serve_ollama import FIXTURE_DIRS
 
 ROOT = Path(__file__).resolve().parents[1]
 LONG_SAMPLING = {"temperature": 1.0, "top_k": 100}
@@ -27,7 +28,7 @@ LONG = {"num_predict": 100000, **LONG_SAMPLING}  # runs until the context is ful
 
 
 def test_api_key_required_everywhere(smollm2):
-    cfg = ServerConfig(port=0, api_key="s3cret")
+    cfg = ServerConfig(port=0, api_key="s3cret", allow_paths=FIXTURE_DIRS)
     with BackgroundServer(cfg) as srv:
         for method, path in (("GET", "/api/tags"), ("GET", "/api/version"), ("GET", "/v1/models"),
                              ("POST", "/api/generate"), ("POST", "/v1/chat/completions"),
@@ -79,7 +80,7 @@ def _cancelled_soon(srv, path, max_tokens_seen: int, within: float = 10.0):
 
 
 def test_disconnect_stops_generation(r1_standin, smollm2):
-    with BackgroundServer(ServerConfig(port=0)) as srv:
+    with BackgroundServer(ServerConfig(port=0, allow_paths=FIXTURE_DIRS)) as srv:
         # random weights: no end-of-sequence in sight, so only the disconnect can stop it
         body = {"model": str(r1_standin), "prompt": "Tell me a very long story.", "options": LONG}
         with httpx.stream("POST", srv.url + "/api/generate", json=body, timeout=60) as r:
@@ -110,7 +111,7 @@ def test_disconnect_stops_generation(r1_standin, smollm2):
 def test_queue_serves_everyone_then_503_when_full(r1_standin):
     # the R1 stand-in's random weights never end a reply on their own: it holds the model busy
     model = str(r1_standin)
-    with BackgroundServer(ServerConfig(port=0, max_queue=2)) as srv:
+    with BackgroundServer(ServerConfig(port=0, max_queue=2, allow_paths=FIXTURE_DIRS)) as srv:
         client = ollama.Client(host=srv.url)
         client.generate(model=model, keep_alive=-1)  # loaded before the queue forms
         results: dict[int, object] = {}
@@ -150,7 +151,7 @@ def test_queue_serves_everyone_then_503_when_full(r1_standin):
 
 
 def test_many_concurrent_clients_none_lost(smollm2):
-    with BackgroundServer(ServerConfig(port=0)) as srv:
+    with BackgroundServer(ServerConfig(port=0, allow_paths=FIXTURE_DIRS)) as srv:
         oa = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
         out: list = []
 
@@ -235,13 +236,16 @@ def test_cli_serves_the_documented_curl_request(tmp_path, micro_reasoner):
 def test_pull_through_the_api_then_serve_by_tag(tmp_path, loopback_hub, r1_standin):
     """/api/pull streams the hub's progress (the real huggingface-hub against the loopback
     hub), then the pulled model is listed and served by its catalog tag."""
-    from loopback_hub import layout_variant
+    from loopback_hub import layout_variant, unpinned_catalog
 
     from r1local.catalog import load_catalog
 
     layout_variant(loopback_hub, load_catalog().resolve("7b").variant, r1_standin)
+    # the stand-in is not the file the catalog pins: an unpinned copy of the catalog lets
+    # the pull take the hub's file (the refusal itself is tested in test_pull.py)
     env = {"HF_ENDPOINT": loopback_hub.url, "HF_HOME": str(tmp_path / "hf"),
-           "HF_HUB_DISABLE_TELEMETRY": "1"}
+           "HF_HUB_DISABLE_TELEMETRY": "1",
+           "R1LOCAL_CATALOG": str(unpinned_catalog(tmp_path / "models.toml"))}
     p = _r1local("serve", "--port", "0", home=str(tmp_path / "r1"), extra_env=env)
     try:
         url = _address(p)

@@ -10,17 +10,20 @@ import httpx
 import ollama
 import pytest
 
+import model_fixtures
 from micro_reasoner import FACTS
 from r1local.server.background import BackgroundServer
 from r1local.server.config import ServerConfig
 
 SKY_Q, SKY_THINK, SKY_ANSWER = FACTS[0]
 GREEDY = {"temperature": 0.0}
+# the tests name their models by path: the built fixtures and the SmolLM2 wheel's folder
+FIXTURE_DIRS = (str(model_fixtures.cache_dir()), str(model_fixtures.smollm2_path().parent))
 
 
 @pytest.fixture(scope="module")
 def server():
-    with BackgroundServer(ServerConfig(port=0, max_loaded=3)) as srv:
+    with BackgroundServer(ServerConfig(port=0, max_loaded=3, allow_paths=FIXTURE_DIRS)) as srv:
         yield srv
 
 

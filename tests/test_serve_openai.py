@@ -10,13 +10,14 @@ import pytest
 from micro_reasoner import FACTS
 from r1local.server.background import BackgroundServer
 from r1local.server.config import ServerConfig
+from test_serve_ollama import FIXTURE_DIRS
 
 SKY_Q, SKY_THINK, SKY_ANSWER = FACTS[0]
 
 
 @pytest.fixture(scope="module")
 def server():
-    with BackgroundServer(ServerConfig(port=0)) as srv:
+    with BackgroundServer(ServerConfig(port=0, allow_paths=FIXTURE_DIRS)) as srv:
         yield srv
 
 

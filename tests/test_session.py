@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from model_fixtures import rewrite_gguf
+from model_fixtures import cache_dir, rewrite_gguf
 from r1local.ggufinfo import read_header
 from r1local.store import Store, StoredModel
 
@@ -141,7 +141,7 @@ def test_the_listing_and_the_engine_agree_on_reasoning(smollm2, r1_standin, monk
     tagged = rewrite_gguf(smollm2, "smollm2-think-template", values={
         "tokenizer.chat_template": template + "{# a reply's </think> part is dropped #}"})[0]
     monkeypatch.setenv("R1LOCAL_HOME", str(tmp_path))
-    with BackgroundServer(ServerConfig(port=0)) as srv:
+    with BackgroundServer(ServerConfig(port=0, allow_paths=(str(cache_dir()),))) as srv:
         for model in (bare, tagged):
             caps = httpx.post(f"{srv.url}/api/show", json={"model": str(model)}).json()
             r = httpx.post(f"{srv.url}/api/chat", timeout=120, json={

@@ -26,6 +26,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"(default: ${API_KEY_ENV})")
     parser.add_argument("--cors-origin", metavar="ORIGIN", action="append", default=[],
                         help="allow browser requests from this origin (repeatable; '*' for any)")
+    parser.add_argument("--allow-host", metavar="NAME", action="append", default=[],
+                        help="also answer requests whose Host header is NAME (repeatable; '*' "
+                        "for any): besides localhost, IP addresses and --host, other names "
+                        "are refused, which stops DNS-rebinding web pages")
+    parser.add_argument("--allow-paths", metavar="DIR", action="append", default=[],
+                        help="let requests name .gguf files inside DIR by path (repeatable); "
+                        "by default requests name store models and catalog tags only")
+    parser.add_argument("--max-body", metavar="SIZE", default="8M",
+                        help="largest request body, e.g. 8M (default), 64K")
     parser.add_argument("--keep-alive", default="5m", metavar="DURATION",
                         help="how long an idle model stays loaded: 30s, 5m, 1h, 0 (unload after "
                         "each request), -1 (forever); default 5m")
@@ -44,18 +53,18 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from r1local.server.config import API_KEY_ENV, ServerConfig, exposure_warning
+    from r1local.units import parse_size
 
     config = ServerConfig(
         host=args.host, port=args.port, model=args.model,
-        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        api_key=_api_key(args.api_key) or os.environ.get(API_KEY_ENV) or None,
         cors_origins=tuple(args.cors_origin), keep_alive=_keep_alive(args.keep_alive),
         max_queue=_at_least("--max-queue", args.max_queue, 0),
-        max_loaded=_at_least("--max-loaded", args.max_loaded, 1), n_ctx=args.ctx,
+        max_loaded=_at_least("--max-loaded", args.max_loaded, 1), n_ctx=_ctx(args.ctx),
         n_threads=_at_least("--threads", args.threads, 1) if args.threads is not None else None,
+        allow_hosts=tuple(args.allow_host), allow_paths=_folders(args.allow_paths),
+        max_body=parse_size(args.max_body),
     )
-    from r1local.planner import check_ctx
-
-    check_ctx(args.ctx, "--ctx")
     _at_least("--port", args.port, 0)
     warning = exposure_warning(config.host, config.api_key)
     if warning:
@@ -115,6 +124,37 @@ def _check_model(name: str) -> None:
         resolve_name(name)
     except ApiError as err:
         raise R1LocalError(f"cannot serve --model {name}: {err.message}") from None
+
+
+def _api_key(key: str | None) -> str | None:
+    from r1local.errors import UsageError
+
+    if key is not None and not key.strip():  # an unset shell variable: no auth, silently
+        raise UsageError("--api-key is empty", hint="give a key, or leave the flag out to "
+                         "serve without one")
+    return key
+
+
+def _ctx(n_ctx: int | None) -> int | None:
+    from r1local.errors import UsageError
+    from r1local.planner import check_ctx
+    from r1local.server.limits import MAX_NUM_CTX
+
+    check_ctx(n_ctx, "--ctx")
+    if n_ctx is not None and n_ctx > MAX_NUM_CTX:
+        raise UsageError(f"--ctx {n_ctx} is more than the {MAX_NUM_CTX} tokens a server allows")
+    return n_ctx
+
+
+def _folders(paths: list[str]) -> tuple[str, ...]:
+    from pathlib import Path
+
+    from r1local.errors import UsageError
+
+    for p in paths:
+        if not Path(p).expanduser().is_dir():
+            raise UsageError(f"--allow-paths {p}: no such folder")
+    return tuple(paths)
 
 
 def _keep_alive(text: str) -> float:

@@ -1,11 +1,10 @@
-"""The ASGI app: both API families, API-key auth, optional CORS, JSON errors, lifespan."""
+"""The ASGI app: both API families, the request guards (Host, API key, body type and size),
+optional CORS, JSON errors, lifespan."""
 
 from __future__ import annotations
 
 import contextlib
-import hmac
-import json
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -15,41 +14,17 @@ from r1local import __version__
 from r1local.server import ollama_api, openai_api
 from r1local.server.config import ServerConfig
 from r1local.server.errors import ApiError, body_for
+from r1local.server.guards import ApiKeyMiddleware, BodyGuard, HostGuard
 from r1local.server.models import ModelManager
-
-
-class ApiKeyMiddleware:
-    """Every request must carry `Authorization: Bearer <key>` (401 otherwise).
-
-    Pure ASGI (not BaseHTTPMiddleware) so streaming responses pass through untouched.
-    CORS sits outside it: browsers send preflight OPTIONS without credentials.
-    """
-
-    def __init__(self, app: Any, key: str) -> None:
-        self.app = app
-        self.expected = f"Bearer {key}".encode()
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        given = dict(scope.get("headers") or []).get(b"authorization", b"")
-        if hmac.compare_digest(given, self.expected):
-            return await self.app(scope, receive, send)
-        err = ApiError(401, "missing or wrong API key: send `Authorization: Bearer <key>`",
-                       code="invalid_api_key")
-        body = json.dumps(body_for(scope.get("path", ""), err)).encode()
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()),
-                                (b"www-authenticate", b"Bearer")]})
-        await send({"type": "http.response.body", "body": body})
+from r1local.server.names import NamePolicy
 
 
 def create_app(config: ServerConfig | None = None, manager: ModelManager | None = None) -> FastAPI:
     config = config or ServerConfig()
     manager = manager or ModelManager(keep_alive=config.keep_alive, max_queue=config.max_queue,
                                       max_loaded=config.max_loaded, n_ctx=config.n_ctx,
-                                      n_threads=config.n_threads)
+                                      n_threads=config.n_threads,
+                                      names=NamePolicy.from_config(config))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -87,6 +62,8 @@ def create_app(config: ServerConfig | None = None, manager: ModelManager | None 
         api = ApiError(500, f"internal error: {type(err).__name__}: {err}")
         return JSONResponse(body_for(request.url.path, api), status_code=500)
 
+    # the last added runs first: Host, then CORS (preflights carry no key), key, body
+    app.add_middleware(BodyGuard, limit=config.max_body)
     if config.api_key:
         app.add_middleware(ApiKeyMiddleware, key=config.api_key)
     if config.cors_origins:
@@ -95,4 +72,5 @@ def create_app(config: ServerConfig | None = None, manager: ModelManager | None 
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
                            allow_methods=["GET", "POST", "DELETE", "OPTIONS", "HEAD"],
                            allow_headers=["*"], allow_credentials=False)
+    app.add_middleware(HostGuard, bound=config.host, allowed=config.allow_hosts)
     return app

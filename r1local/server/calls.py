@@ -9,10 +9,20 @@ import threading
 from typing import Any, Callable, Iterator
 
 from r1local.server.errors import ApiError, bad_request
+from r1local.server.limits import refuse_huge_prompt
 from r1local.server.schemas import OLLAMA_OPTIONS, OPENAI_FIELDS, OllamaOptions, stop_list
 from r1local.server.streaming import NoTokens
 
 EngineCall = Callable[[Any, threading.Event], Iterator[Any]]
+
+
+def _apply(settings: Any, req: Any, table: dict[str, str]) -> None:
+    for key, attr in table.items():
+        value = getattr(req, key)
+        if key == "seed" and value == -1:
+            value = None  # Ollama's "random": unseeded, so the prompt cache still applies
+        if value is not None:
+            setattr(settings, attr, value)
 
 
 def settings_from_ollama(options: OllamaOptions | None) -> tuple[Any, int | None, bool]:
@@ -22,10 +32,7 @@ def settings_from_ollama(options: OllamaOptions | None) -> tuple[Any, int | None
     s = GenerationSettings()
     if options is None:
         return s, None, False
-    for key, attr in OLLAMA_OPTIONS.items():
-        value = getattr(options, key)
-        if value is not None:
-            setattr(s, attr, value)
+    _apply(s, options, OLLAMA_OPTIONS)
     s.stop = stop_list(options.stop)
     n = options.num_predict
     if n is not None and n > 0:
@@ -39,10 +46,7 @@ def settings_from_openai(req: Any, max_tokens: int | None) -> Any:
     if req.n != 1:
         raise bad_request("only n=1 is supported", param="n")
     s = GenerationSettings()
-    for key, attr in OPENAI_FIELDS.items():
-        value = getattr(req, key)
-        if value is not None:
-            setattr(s, attr, value)
+    _apply(s, req, OPENAI_FIELDS)
     s.stop = stop_list(req.stop)
     s.max_tokens = max_tokens
     return s
@@ -58,8 +62,10 @@ def chat_call(messages: list[dict], settings: Any, *, think: bool | None,
             raise bad_request(f"'{engine.name}' does not support thinking", param="think")
         if think is False and engine.is_reasoning:
             settings.think_budget = 0
+        prompt = engine.format_chat(messages)  # what the engine tokenizes, history stripped
+        refuse_huge_prompt(engine, prompt)
         if nothing:
-            return NoTokens(engine, _check_fits(engine, engine.format_chat(messages)))
+            return NoTokens(engine, _check_fits(engine, prompt))
         return engine.chat(messages, settings, cancel=cancel)
 
     return make
@@ -67,6 +73,7 @@ def chat_call(messages: list[dict], settings: Any, *, think: bool | None,
 
 def completion_call(prompt: str, settings: Any, *, nothing: bool = False) -> EngineCall:
     def make(engine: Any, cancel: threading.Event) -> Iterator[Any]:
+        refuse_huge_prompt(engine, prompt)
         if nothing:
             return NoTokens(engine, _check_fits(engine, prompt))
         return engine.complete(prompt, settings, cancel=cancel)

@@ -13,6 +13,8 @@ DEFAULT_PORT = 11435
 DEFAULT_KEEP_ALIVE = 300.0  # seconds (Ollama's default: 5m)
 DEFAULT_MAX_QUEUE = 512  # requests waiting per model (Ollama's OLLAMA_MAX_QUEUE default)
 DEFAULT_MAX_LOADED = 3  # models kept loaded at once (Ollama's CPU default)
+# request bodies are JSON prompts: 8 MiB is ~2M tokens of text, far past any context we plan
+DEFAULT_MAX_BODY = 8 << 20
 API_KEY_ENV = "R1LOCAL_API_KEY"
 
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -31,6 +33,12 @@ class ServerConfig:
     max_loaded: int = DEFAULT_MAX_LOADED
     n_ctx: int | None = None  # override the planner's context for every load
     n_threads: int | None = None  # override the planner's thread count
+    # Host names (besides loopback names, IP literals and --host) that may reach the API;
+    # "*" turns the DNS-rebinding check off
+    allow_hosts: tuple[str, ...] = ()
+    # folders whose .gguf files requests may name by path (besides a --model path)
+    allow_paths: tuple[str, ...] = ()
+    max_body: int = DEFAULT_MAX_BODY  # bytes per request body
 
 
 def parse_duration(value: object) -> float:

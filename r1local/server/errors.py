@@ -12,10 +12,13 @@ from typing import Any
 OPENAI_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    403: "permission_error",
     404: "not_found_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     500: "server_error",
     503: "overloaded_error",
+    507: "server_error",
 }
 
 
@@ -66,8 +69,8 @@ def from_r1local(err: Exception) -> ApiError:
         return bad_request(msg)
     if isinstance(err, ModelFileError):
         return ApiError(500, msg, code="model_load_failed")
-    if isinstance(err, DoesNotFitError):
-        return ApiError(500, msg, code="insufficient_memory")
+    if isinstance(err, DoesNotFitError):  # the machine is short of memory, not the server broken
+        return ApiError(507, err.message, code="insufficient_memory")
     if isinstance(err, NetworkError):
         return ApiError(502, msg, code="upstream_unreachable")
     return ApiError(500, msg)

@@ -1,8 +1,9 @@
 """The model manager: names to engines, loaded on first use, one request at a time per model.
 
-- A name is resolved, planned and loaded through r1local.session, as `r1local run` does: a
-  path to a .gguf, else the store (store name, catalog tag, alias). Engines are keyed by the
-  resolved file, so "7b" and "7b:Q4_K_M" share one.
+- A name is resolved, planned and loaded through r1local.session, as `r1local run` does: the
+  store (store name, catalog tag, alias), or a path to a .gguf where the NamePolicy (names.py)
+  lets requests name one. Engines are keyed by the resolved file, so "7b" and "7b:Q4_K_M"
+  share one.
 - Each model has a FIFO queue (asyncio.Lock wakes waiters in order): none is lost; when
   `max_queue` requests already wait, the next gets 503.
 - After a request the model stays loaded for its keep_alive (Ollama semantics: < 0 forever,
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from r1local.planner import pad_ctx
 from r1local.server.errors import ApiError, from_r1local, not_found
+from r1local.server.names import NamePolicy, shown
 
 if TYPE_CHECKING:
     from r1local.engine import Engine
@@ -81,18 +83,37 @@ class _Queue:
 
 
 def resolve_name(name: str) -> "ModelFile":
-    """A request's model name -> file on disk (blocking: call from a worker thread)."""
+    """A model name -> file on disk (blocking: call from a worker thread). The server
+    checks a request's names with its NamePolicy first; `serve --model` comes here as given."""
     from r1local import session
-    from r1local.errors import R1LocalError, UnknownModelError
+    from r1local.errors import ModelFileError, R1LocalError, UnknownModelError
+    from r1local.store import looks_like_path
 
     if not name:
         raise ApiError(400, "the request names no model (field \"model\")", param="model")
     try:
         return session.locate(name)
     except UnknownModelError as err:
-        raise not_found(f"model '{name}' not found: {err}") from None
+        raise not_found(f"model '{shown(name)}' not found: {err}") from None
+    except ModelFileError as err:
+        if looks_like_path(name):  # the client named a file that is no model: its mistake
+            raise ApiError(400, str(err), code="model_load_failed", param="model") from None
+        raise from_r1local(err) from None
     except R1LocalError as err:
         raise from_r1local(err) from None
+    except (OSError, ValueError, RuntimeError):  # too long, a NUL, "~nosuchuser/": no file
+        raise not_found(f"model '{shown(name)}' not found") from None
+
+
+def _load_error(err: Exception, n_ctx: int | None) -> ApiError:
+    """A failed load as the client should see it: a context it asked for that does not fit
+    is its request to change (400); any other plan that does not fit is 507."""
+    from r1local.errors import DoesNotFitError
+
+    if n_ctx and isinstance(err, DoesNotFitError):
+        return ApiError(400, f"num_ctx {n_ctx}: {err.message}; ask for a smaller "
+                        "num_ctx", code="insufficient_memory", param="num_ctx")
+    return from_r1local(err)
 
 
 def load_engine(model: "ModelFile", n_ctx: int | None,
@@ -106,8 +127,10 @@ def load_engine(model: "ModelFile", n_ctx: int | None,
 
 class ModelManager:
     def __init__(self, *, keep_alive: float = 300.0, max_queue: int = 512, max_loaded: int = 3,
-                 n_ctx: int | None = None, n_threads: int | None = None) -> None:
+                 n_ctx: int | None = None, n_threads: int | None = None,
+                 names: NamePolicy | None = None) -> None:
         self.keep_alive = keep_alive
+        self.names = names or NamePolicy()
         self.max_queue = max_queue
         self.max_loaded = max(1, max_loaded)
         self.n_ctx = n_ctx
@@ -154,6 +177,8 @@ class ModelManager:
     # ---- the queue ---------------------------------------------------------------------
 
     async def resolve(self, name: str) -> "ModelFile":
+        if name:
+            self.names.check(name)  # before the loaded models: a path must be allowed too
         for slot in self.loaded.values():  # a name already loaded: no disk look-up
             if name in (slot.name, slot.key):
                 return slot.model
@@ -194,7 +219,7 @@ class ModelManager:
                 except ApiError:
                     raise
                 except Exception as err:  # R1LocalError and llama.cpp's own
-                    raise from_r1local(err) from None
+                    raise _load_error(err, n_ctx) from None
                 load_seconds = time.monotonic() - t1
                 now = time.monotonic()
                 slot = Loaded(key=key, name=name, model=res,

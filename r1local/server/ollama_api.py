@@ -252,6 +252,7 @@ async def pull(request: Request) -> Any:
     ref = req.model or req.name
     if not ref:
         raise bad_request("the request names no model (field \"model\")", param="model")
+    request.app.state.manager.names.check(ref)  # a pull names a catalog tag, never a path
     from r1local.session import pull_model
     from r1local.server.pulling import run_pull
 

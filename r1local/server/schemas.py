@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from r1local.planner import MIN_CTX
 from r1local.server.errors import ApiError, bad_request
+from r1local.server.limits import MAX_NUM_CTX, MAX_SEED, MAX_TOP_K
 
 # Ollama `options` key -> GenerationSettings field (num_predict / num_ctx handled apart)
 OLLAMA_OPTIONS = {
@@ -34,20 +35,21 @@ Stop = Union[str, list[str], None]
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    # pydantic's JSON reader takes NaN and Infinity: meaningless as settings
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
 
 
 class Sampling(_Body):
     temperature: float | None = Field(None, ge=0, le=5)
     top_p: float | None = Field(None, ge=0, le=1)
-    top_k: int | None = Field(None, ge=0)
+    top_k: int | None = Field(None, ge=0, le=MAX_TOP_K)
     min_p: float | None = Field(None, ge=0, le=1)
     repeat_penalty: float | None = Field(None, ge=0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-1, le=MAX_SEED)  # -1: random, as Ollama's default
 
 
 class OllamaOptions(Sampling):
-    num_ctx: int | None = Field(None, ge=MIN_CTX)
+    num_ctx: int | None = Field(None, ge=MIN_CTX, le=MAX_NUM_CTX)
     num_predict: int | None = Field(None, ge=-2)  # -1: no limit, -2: fill the context
     stop: Stop = None
 
