@@ -15,6 +15,11 @@ whole into a temporary file and renamed, under a lock, so a crash never leaves h
 A damaged manifest never stops a command: an entry that cannot be used is skipped (one
 warning naming it), and a file that cannot be parsed at all is kept aside as
 ``manifest.json.bad`` and rebuilt from the GGUF files in the model folders.
+
+(Longer than our other modules: every change to the manifest — add, remove, rebuild,
+import — must take the same lock and keep the same rules for names and files, and those
+rules are easiest to check when they are read in one place. Parsing a damaged manifest
+lives in manifest.py and the locks in locks.py.)
 """
 
 from __future__ import annotations
