@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from serve_load import _stop  # (the same server stop: TERM, then KILL after 30 s)
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -325,15 +327,6 @@ def _start(model: Path, home: str, threads: int) -> tuple[subprocess.Popen, str,
         time.sleep(0.2)
     proc.kill()
     raise SystemExit("the server did not come up")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _at(samples: list[tuple[int, int]], done: int) -> int:
