@@ -25,6 +25,7 @@ from r1local.reasoning import (
 )
 
 if TYPE_CHECKING:
+    from r1local.ggufinfo import GGUFHeader
     from r1local.planner import Plan
 
 __all__ = ["Chunk", "Engine", "GenerationSettings", "Stats"]
@@ -126,15 +127,17 @@ class Engine:
     @classmethod
     def load(cls, path: Path | str, plan: "Plan | None" = None, *, n_ctx: int | None = None,
              n_gpu_layers: int | None = None, n_threads: int | None = None,
-             verbose: bool | None = None) -> "Engine":
-        """Validate the GGUF, then load it with the plan's settings (overrides win)."""
+             verbose: bool | None = None,
+             header: "GGUFHeader | None" = None) -> "Engine":
+        """Validate the GGUF, then load it with the plan's settings (overrides win).
+        ``header``: the file's read_model_header, where the caller has it already."""
         from r1local.ggufinfo import ggml_type_id, read_model_header
         from r1local.planner import check_ctx, pad_ctx
 
         path = Path(path)
         # llama.cpp may crash on a bad file: check magic, extents, architecture and every
         # part of a split model first
-        header = read_model_header(path)
+        header = header or read_model_header(path)
         train_ctx = header.arch_value("context_length")
         params = _params_from(plan, train_ctx)
         if n_ctx is not None:
@@ -341,15 +344,15 @@ class Engine:
         self.last_stats = stats
         budget = s.think_budget
         inject_now: list[int] = []
+        close = self.tokenize(BUDGET_CLOSE) if splitter is not None else []
         if splitter is not None and budget is not None and budget <= 0 and splitter.in_thinking:
             splitter.feed(BUDGET_CLOSE)  # no reasoning at all: close it in the prompt
-            tokens = tokens + self.tokenize(BUDGET_CLOSE)
+            tokens = tokens + close
             stats.forced_answer = True
         stops = StopMatcher(s.stop)
         guard = LoopGuard() if s.loop_guard else None
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         max_new = s.max_tokens if s.max_tokens is not None else self.n_ctx
-        close = self.tokenize(BUDGET_CLOSE) if splitter is not None else []
         if splitter is not None and splitter.in_thinking:
             stats.answer_reserve = self._reserve(s, min(max_new, self.n_ctx - len(tokens)))
         llm.set_seed(RANDOM_SEED if s.seed is None else int(s.seed) & 0xFFFFFFFF)

@@ -128,7 +128,7 @@ def open_model(ref: "str | ModelFile", *, ctx: int | None = None, gpu_layers: in
                                   "or add --force to load it anyway")
         if warn is not None:
             warn(f"{what}; loading it anyway (--force)")
-    engine = Engine.load(model.path, plan, verbose=verbose)
+    engine = Engine.load(model.path, plan, verbose=verbose, header=model.header)
     return engine, plan, model.stored
 
 

@@ -11,7 +11,7 @@ import argparse
 
 from typing import Any
 
-from r1local.commands import add_min_speed
+from r1local.commands import add_min_speed, min_speed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,15 +88,6 @@ def build_report(args: argparse.Namespace) -> dict:
                          "downloaded": store.get(catalog_name(v.tag, q)) is not None,
                          **p.as_dict()})
     return {"machine": machine.as_dict(), "recommendation": rec.as_dict(), "plans": rows}
-
-
-def min_speed(args: argparse.Namespace) -> float | None:
-    """--min-speed, checked (None: the default floor)."""
-    from r1local.errors import UsageError
-
-    if args.min_speed is not None and not 0 <= args.min_speed < 1e6:
-        raise UsageError(f"--min-speed {args.min_speed:g} is out of range (tokens/s, 0 or more)")
-    return args.min_speed
 
 
 def _downloaded_plan(store, name: str, machine, args: argparse.Namespace):

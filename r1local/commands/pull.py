@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from r1local.commands import add_min_speed
+from r1local.commands import add_min_speed, min_speed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from r1local.commands.hw import min_speed
     from r1local.errors import UsageError
     from r1local.session import pull_model
 

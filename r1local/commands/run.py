@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from r1local.commands import add_min_speed
+from r1local.commands import add_min_speed, min_speed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +56,6 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from r1local import session
-    from r1local.commands.hw import min_speed
     from r1local.errors import UsageError
 
     ram_limit = _check_numbers(args)

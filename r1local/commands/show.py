@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from r1local.commands import add_min_speed
+from r1local.commands import add_min_speed, min_speed
 from typing import Any
 
 
@@ -25,7 +25,6 @@ def run(args: argparse.Namespace) -> int:
 
     from r1local import session
     from r1local.catalog import load_catalog
-    from r1local.commands.hw import min_speed
     from r1local.errors import UnknownModelError
 
     catalog = load_catalog()

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from r1local.server.errors import ApiError, bad_request
+from r1local.store import MAX_NAME  # a longer name can name nothing in the store
 
-# one path component on common file systems; a longer name can name nothing in the store
-MAX_NAME_CHARS = 255
 
 
 def _real(path: str) -> str:
@@ -64,9 +63,9 @@ class NamePolicy:
         """Refuse a name a request may not use, before anything reads the file it names."""
         from r1local.store import looks_like_path
 
-        if len(name) > MAX_NAME_CHARS:
+        if len(name) > MAX_NAME:
             raise bad_request(f"the model name is {len(name)} characters long; names are at "
-                              f"most {MAX_NAME_CHARS}", param="model")
+                              f"most {MAX_NAME}", param="model")
         if not name.isprintable():
             raise bad_request("the model name has control characters in it", param="model")
         if looks_like_path(name):
