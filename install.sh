@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Set r1local up on this machine: a .venv with llama-cpp-python built once for the best
-# backend found here, and llama.cpp's llama-quantize and llama-imatrix from the same build
-# (both cached, so later installs do not compile again), then r1local itself.
+# backend found here (cached, so later installs do not compile again), then r1local itself.
 #
 #   ./install.sh                 install for use
-#   ./install.sh --dev           also the test extra (pytest, transformers, torch, test models)
+#   ./install.sh --tools         also llama.cpp's llama-quantize and llama-imatrix, from the
+#                                same build (what `r1local convert --imatrix` needs)
+#   ./install.sh --dev           --tools and the test extra (pytest, transformers, torch, models)
 #   ./install.sh --backend cuda  force a backend: auto, cpu, cuda, metal, hip, vulkan
 #   ./install.sh --rebuild       ignore the cached build and compile llama.cpp again
 #
@@ -58,13 +59,15 @@ if [ "${R1LOCAL_INSTALL_FUNCTIONS:-}" = 1 ]; then return 0 2>/dev/null || exit 0
 LLAMA_VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 BACKEND="auto"
 DEV=0
+WITH_TOOLS=0
 REBUILD=0
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="$HERE/.venv"
 
 while [ $# -gt 0 ]; do
   case "$1" in
-    --dev) DEV=1 ;;
+    --dev) DEV=1; WITH_TOOLS=1 ;;
+    --tools) WITH_TOOLS=1 ;;
     --rebuild) REBUILD=1 ;;
     --backend) [ $# -ge 2 ] || die "--backend needs a value: auto, cpu, cuda, metal, hip or vulkan"
                BACKEND="$2"; shift ;;
@@ -152,8 +155,11 @@ if command -v ccache >/dev/null 2>&1; then
 fi
 
 # --- the cached llama-cpp-python wheel and llama.cpp tools -------------------------------
-# Beside the wheel, two of llama.cpp's own tools from the same source: llama-quantize (what
-# `r1local convert --imatrix` runs) and llama-imatrix (makes the importance matrix).
+# With --tools, beside the wheel, two of llama.cpp's own tools from the same source:
+# llama-quantize (what `r1local convert --imatrix` runs) and llama-imatrix (makes the
+# importance matrix). They are not built by default: they need llama.cpp's common library,
+# almost half of the whole compile, and nothing else in r1local does (plain K-quants go
+# through the binding). A cache with the tools serves an install without them too.
 TOOLS=(llama-quantize llama-imatrix)
 # The build is native to this CPU (-march=native), so the key holds the CPU's features.
 if [ "$OS" = Darwin ]; then
@@ -177,19 +183,24 @@ PY
 ) || true
 [ -n "${LIB_TO_SITE:-}" ] || die "$VPY cannot tell where its site-packages are: remove $VENV and run ./install.sh again"
 TOOLS_RPATH="$ORIGIN/../lib/llama.cpp;$ORIGIN/$BIN_TO_SITE/llama_cpp/lib;$ORIGIN/$LIB_TO_SITE/llama_cpp/lib"
-# The tools step reconfigures the wheel's tree with these. LLAVA_BUILD=OFF: with the tools on,
+# The tools step reconfigures the wheel's tree with these. -U: without the hook that kept
+# llama.cpp's common library out (the tools need it). LLAVA_BUILD=OFF: with the tools on,
 # llama.cpp's tools/ adds the mtmd target itself. BUILD_RPATH_USE_ORIGIN: the tree's own
 # folders go in as $ORIGIN, not as temporary paths.
-TOOLS_CMAKE=(-DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=OFF
+TOOLS_CMAKE=(-UCMAKE_PROJECT_INCLUDE -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=OFF
              -DCMAKE_BUILD_RPATH_USE_ORIGIN=ON "-DCMAKE_BUILD_RPATH=$TOOLS_RPATH")
 # On ELF, each cached file then gets exactly the path for where it is installed: CMake pads
 # the build path of a target it could install with ':' (for rewriting it in place later), and
 # the loader reads an empty entry as the current directory.
 ELF_RPATH_BIN="\$ORIGIN/../lib/llama.cpp:\$ORIGIN/$BIN_TO_SITE/llama_cpp/lib"
 ELF_RPATH_LIB="\$ORIGIN:\$ORIGIN/$LIB_TO_SITE/llama_cpp/lib"
+# the hook that keeps llama.cpp's common library out of the wheel's build (see build_llama)
+NO_COMMON='if(PROJECT_NAME STREQUAL "llama.cpp")
+  set(LLAMA_BUILD_COMMON OFF CACHE BOOL "r1local: the wheel does not need it" FORCE)
+endif()'
 # RECIPE names what the cache holds: it changes with the build steps, so that an older cache
 # (a wheel without tools, say) is never taken for a complete one.
-RECIPE="wheel+tools 6: ${TOOLS[*]} ${TOOLS_CMAKE[*]} elf=$ELF_RPATH_BIN;$ELF_RPATH_LIB"
+RECIPE="wheel, tools optional 7: $NO_COMMON ${TOOLS[*]} ${TOOLS_CMAKE[*]} elf=$ELF_RPATH_BIN;$ELF_RPATH_LIB"
 hash_of() { if command -v sha256sum >/dev/null; then sha256sum; else shasum -a 256; fi | cut -c1-12; }
 CPU_KEY="$ARCH-$(printf '%s|%s|%s' "$CPU_ID" "$CMAKE_ARGS" "$RECIPE" | hash_of)"
 PY_TAG="$("$VPY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
@@ -203,12 +214,14 @@ assert md.version("llama-cpp-python") == sys.argv[1]
 import llama_cpp  # the shared library must load, not just the metadata exist
 PY
 }
-# A cache dir appears only by renaming a complete one into place (see build_llama), so this
-# checks for the pieces rather than their contents.
-cache_complete() {
-  ls "$WHEEL_DIR"/llama_cpp_python-*.whl >/dev/null 2>&1 && [ -d "$WHEEL_DIR/lib" ] || return 1
+# A cache dir appears only by renaming a complete one into place (see build_llama), so these
+# check for the pieces rather than their contents.
+cache_has_wheel() { ls "$WHEEL_DIR"/llama_cpp_python-*.whl >/dev/null 2>&1; }
+cache_has_tools() {
+  [ -d "$WHEEL_DIR/lib" ] || return 1
   for t in "${TOOLS[@]}"; do [ -x "$WHEEL_DIR/bin/$t" ] || return 1; done
 }
+cache_complete() { cache_has_wheel && { [ "$WITH_TOOLS" = 0 ] || cache_has_tools; }; }
 version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }
 
 # cmake >= 3.21 and ninja on PATH for both steps below. Otherwise pip's isolated build would
@@ -226,12 +239,16 @@ build_tools_on_path() {
   export PATH="$BUILD_TMP/buildenv/bin:$PATH"
 }
 
-# The wheel, then the tools from the same CMake build tree: reconfigured with the tools on,
-# only their own sources compile (llama, ggml and common are already built).
+# The wheel, then (--tools) the tools from the same CMake build tree. llama-cpp-python forces
+# llama.cpp's common library on, only to install it beside the package where nothing loads
+# it, and it is almost half of the compile: NO_COMMON (above) turns it back off, from a hook
+# CMake runs right after llama.cpp's project() call. The tools step reconfigures that tree
+# without the hook and with the tools on, so llama and ggml are not compiled again (one
+# configure with the tools on from the start would build and ship tools/mtmd's library too).
 BUILD_LOG="$WHEEL_DIR.log"  # one per cache key: installs in other checkouts may build at once
 build_failed() { tail -n 30 "$BUILD_LOG" >&2; die "$1 (full log: $BUILD_LOG)"; }
 build_llama() {
-  local src="$BUILD_TMP/llama_cpp_python-$LLAMA_VERSION" tree="$BUILD_TMP/build" t0 t1 f r
+  local src="$BUILD_TMP/llama_cpp_python-$LLAMA_VERSION" tree="$BUILD_TMP/build" t0 t1
   mkdir -p "$(dirname "$WHEEL_DIR")"; : > "$BUILD_LOG"
   build_tools_on_path
   { "${PIP[@]}" download --no-deps --no-binary :all: -d "$BUILD_TMP" "llama-cpp-python==$LLAMA_VERSION" \
@@ -240,23 +257,30 @@ build_llama() {
 
   t0=$(date +%s)
   # -v: the build's own "[N/M]" lines reach the log, for run_step's progress line
-  CMAKE_ARGS="$CMAKE_ARGS $LAUNCHER" run_step "compiling llama.cpp" "$BUILD_LOG" \
-      "for a CPU-only build try ./install.sh --backend cpu" -- \
+  printf '%s\n' "$NO_COMMON" > "$BUILD_TMP/no-common.cmake"
+  CMAKE_ARGS="$CMAKE_ARGS $LAUNCHER -DCMAKE_PROJECT_INCLUDE=$BUILD_TMP/no-common.cmake" \
+    run_step "compiling llama.cpp" "$BUILD_LOG" "for a CPU-only build try ./install.sh --backend cpu" -- \
       "${PIP[@]}" wheel -v --no-deps --no-cache-dir -w "$BUILD_TMP/dist" \
       --config-settings=build-dir="$tree" "$src"
   t1=$(date +%s)
-  say "wheel built in $(( t1 - t0 )) s; now llama.cpp's tools from the same build"
+  say "wheel built in $(( t1 - t0 )) s"
+  local stage="$WHEEL_DIR.partial.$$" shipped
+  rm -rf "$stage"; mkdir -p "$stage"
+  cp "$BUILD_TMP"/dist/llama_cpp_python-*.whl "$stage/"
+  if [ "$WITH_TOOLS" = 1 ]; then build_tools "$src" "$tree" "$stage"; fi
   cp "$tree/.ninja_log" "$WHEEL_DIR.ninja_log" 2>/dev/null || true  # where the time went
+  # into the cache under a temporary name, renamed when complete
+  rm -rf "$WHEEL_DIR"; mv "$stage" "$WHEEL_DIR"
+}
+build_tools() {
+  local src="$1" tree="$2" stage="$3" t1 f r shipped
+  t1=$(date +%s)
   # shellcheck disable=SC2086  # $LAUNCHER is a list of flags
-  run_step "compiling ${TOOLS[*]}" "$BUILD_LOG" "run ./install.sh --rebuild" -- \
+  run_step "compiling ${TOOLS[*]}" "$BUILD_LOG" "run ./install.sh --rebuild --tools" -- \
       bash -c 'cmake -S "$1" -B "$2" "${@:5}" && cmake --build "$2" -j "$3" --target $4' _ \
       "$src" "$tree" "$JOBS" "${TOOLS[*]}" "${TOOLS_CMAKE[@]}" $LAUNCHER
   say "tools built in $(( $(date +%s) - t1 )) s"
-
-  # into the cache under a temporary name, renamed when complete
-  local stage="$WHEEL_DIR.partial.$$" shipped
-  rm -rf "$stage"; mkdir -p "$stage/bin" "$stage/lib"
-  cp "$BUILD_TMP"/dist/llama_cpp_python-*.whl "$stage/"
+  mkdir -p "$stage/bin" "$stage/lib"
   for t in "${TOOLS[@]}"; do cp "$tree/bin/$t" "$stage/bin/"; done
   # the tree's shared libraries that the wheel does not ship are the tools' own
   shipped="$("$VPY" -c 'import sys, zipfile, os.path as p; print("\n".join(p.basename(n) for n in zipfile.ZipFile(sys.argv[1]).namelist() if "/lib/" in n))' "$stage"/llama_cpp_python-*.whl)"
@@ -273,11 +297,13 @@ build_llama() {
         || build_failed "setting the runtime path of $(basename "$f") failed"
     done
   fi
-  rm -rf "$WHEEL_DIR"; mv "$stage" "$WHEEL_DIR"
 }
 
 if [ "$REBUILD" = 1 ] || ! cache_complete; then
-  say "building llama-cpp-python $LLAMA_VERSION and llama.cpp's tools for $BACKEND (once; cached in $WHEEL_DIR). This compiles llama.cpp: a few minutes."
+  if [ "$WITH_TOOLS" = 1 ]; then what="llama-cpp-python $LLAMA_VERSION and llama.cpp's tools"
+  else what="llama-cpp-python $LLAMA_VERSION"; fi
+  if [ "$REBUILD" = 0 ] && cache_has_wheel; then say "the cached build has no tools: building it again with them"; fi
+  say "building $what for $BACKEND (once; cached in $WHEEL_DIR). This compiles llama.cpp: a few minutes."
   command -v cc >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1 || command -v clang >/dev/null 2>&1 \
     || die "no C/C++ compiler found: install one (apt install build-essential, or xcode-select --install)"
   BUILD_TMP="$(mktemp -d)"; trap 'rm -rf "$BUILD_TMP"' EXIT
@@ -298,17 +324,23 @@ if ! installed_ok || [ "$(cat "$STAMP" 2>/dev/null)" != "$WHEEL_ID" ]; then
   printf '%s\n' "$WHEEL_ID" > "$STAMP"
 fi
 installed_ok || die "llama-cpp-python from $WHEEL does not import: run ./install.sh --rebuild"
-rm -rf "$TOOL_LIB"; mkdir -p "$TOOL_LIB"
-if compgen -G "$WHEEL_DIR/lib/*" >/dev/null; then cp -P "$WHEEL_DIR"/lib/* "$TOOL_LIB/"; fi
-for t in "${TOOLS[@]}"; do
-  # copied beside, then renamed: cp onto a running binary fails ("text file busy")
-  cp "$WHEEL_DIR/bin/$t" "$VENV/bin/.$t.new" && mv -f "$VENV/bin/.$t.new" "$VENV/bin/$t"
-  # each prints its usage once its libraries load (some exit 1 after it)
-  case "$("$VENV/bin/$t" --help 2>&1 || true)" in *[Uu]sage*) ;; *)
-    die "$VENV/bin/$t does not run (its llama.cpp libraries did not load): run ./install.sh --rebuild" ;; esac
-done
-# tells the tests that these tools belong here, so their absence is a failure, not a skip
-printf '%s\n' "${TOOLS[@]}" > "$VENV/.r1local-tools"
+# the tools when the cache has them (it may, from an earlier --tools), even without --tools;
+# otherwise none, not ones from an older build left without their libraries
+rm -rf "$TOOL_LIB" "$VENV/.r1local-tools"
+for t in "${TOOLS[@]}"; do rm -f "$VENV/bin/$t"; done
+if cache_has_tools; then
+  mkdir -p "$TOOL_LIB"
+  if compgen -G "$WHEEL_DIR/lib/*" >/dev/null; then cp -P "$WHEEL_DIR"/lib/* "$TOOL_LIB/"; fi
+  for t in "${TOOLS[@]}"; do
+    # copied beside, then renamed: cp onto a running binary fails ("text file busy")
+    cp "$WHEEL_DIR/bin/$t" "$VENV/bin/.$t.new" && mv -f "$VENV/bin/.$t.new" "$VENV/bin/$t"
+    # each prints its usage once its libraries load (some exit 1 after it)
+    case "$("$VENV/bin/$t" --help 2>&1 || true)" in *[Uu]sage*) ;; *)
+      die "$VENV/bin/$t does not run (its llama.cpp libraries did not load): run ./install.sh --rebuild --tools" ;; esac
+  done
+  # tells the tests that these tools belong here, so their absence is a failure, not a skip
+  printf '%s\n' "${TOOLS[@]}" > "$VENV/.r1local-tools"
+fi
 
 # --- r1local itself --------------------------------------------------------------------
 if [ "$DEV" = 1 ]; then

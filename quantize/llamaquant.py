@@ -4,7 +4,7 @@ Without an importance matrix the binding's llama_model_quantize does the work in
 process. With one, llama.cpp's llama-quantize tool does: the binding could pass the matrix
 as a C array, but reading both file layouts, normalising the sums by their counts and
 recording the quantize.imatrix.* provenance keys are the tool's own code, not the library's.
-install.sh builds the tool from the wheel's llama.cpp source and puts it in the venv's bin.
+`./install.sh --tools` builds the tool from the wheel's llama.cpp source into the venv's bin.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ def require_tool(name: str = TOOL) -> Path:
     tool = find_tool(name)
     if tool is None:
         raise ConvertError(f"--imatrix needs llama.cpp's {name}, found neither in "
-                           f"{' nor '.join(_venv_bins())} nor on PATH: run ./install.sh (it builds "
-                           f"{name} into the venv), or put llama.cpp's {name} on PATH")
+                           f"{' nor '.join(_venv_bins())} nor on PATH: run ./install.sh --tools "
+                           f"(it builds {name} into the venv), or put llama.cpp's {name} on PATH")
     return tool
 
 
@@ -148,7 +148,7 @@ def _with_tool(src: Path, dst: Path, quant: str, threads: int | None, imatrix: P
     try:
         proc = child.start(cmd)
     except OSError as err:
-        raise ConvertError(f"cannot run {tool}: {err.strerror or err}: run ./install.sh again") from None
+        raise ConvertError(f"cannot run {tool}: {err.strerror or err}: run ./install.sh --tools again") from None
     # its log is kept for the error message only: on success the progress bar says enough
     out, _ = proc.communicate()
     if proc.returncode == 0 and dst.is_file():

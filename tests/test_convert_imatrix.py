@@ -30,14 +30,14 @@ INSTALLED = Path(sys.prefix, ".r1local-tools")
 ABSENT = ", ".join(name for name, path in TOOLS.items() if path is None)
 if ABSENT and not INSTALLED.exists():
     pytest.skip(f"llama.cpp's {ABSENT} not found in {Path(sys.executable).parent} nor on PATH "
-                "(./install.sh builds them)", allow_module_level=True)
+                "(./install.sh --tools builds them)", allow_module_level=True)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _tools_installed():
     if ABSENT:
         pytest.fail(f"install.sh installed llama.cpp's tools into {sys.prefix}, yet {ABSENT} "
-                    "cannot be found: run ./install.sh again")
+                    "cannot be found: run ./install.sh --tools again")
 
 
 def _cli(*args: str, env: dict | None = None, python: list[str] | None = None) -> subprocess.CompletedProcess:
@@ -256,4 +256,4 @@ def test_missing_llama_quantize(work, tmp_path):
     proc = _cli(str(work["ckpt"]), "--quant", "IQ2_XXS", "--imatrix", str(work["imatrix"]),
                 "-o", str(out_dir / "m.gguf"), env={"PATH": str(empty)},
                 python=[sys.executable, "-c", "\n".join(fake)])
-    _assert_one_line_error(proc, out_dir, "llama-quantize", str(empty), "PATH", "./install.sh")
+    _assert_one_line_error(proc, out_dir, "llama-quantize", str(empty), "PATH", "./install.sh --tools")

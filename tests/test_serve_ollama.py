@@ -204,3 +204,17 @@ def _gone(client, path, within: float) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def test_reasoning_that_never_closes_still_answers_over_the_api(client, r1_standin):
+    # the stand-in never writes </think>: the reserve closes it and the answer arrives, and
+    # the reply says it ended on length
+    r = client.chat(model=str(r1_standin), messages=[{"role": "user", "content": "Why?"}],
+                    options={"num_predict": 160, "seed": 1}, stream=False)
+    assert r.done_reason == "length" and r.eval_count == 160
+    assert r.message.thinking.strip() and r.message.content.strip()
+    parts = list(client.chat(model=str(r1_standin), stream=True,
+                             messages=[{"role": "user", "content": "Why?"}],
+                             options={"num_predict": 160, "seed": 1}))
+    assert parts[-1].done_reason == "length"
+    assert "".join(p.message.content or "" for p in parts).strip()

@@ -114,3 +114,14 @@ def test_prompt_longer_than_context_is_400(client, smollm2):
                                   max_tokens=1)
     assert err.value.body["code"] == "context_length_exceeded"
     assert "the prompt is" in err.value.body["message"] and "context holds" in err.value.body["message"]
+
+
+def test_reasoning_that_never_closes_still_answers(client, r1_standin):
+    # as on the Ollama API: the answer reserve closes the reasoning, finish_reason says length
+    r = client.chat.completions.create(model=str(r1_standin), max_tokens=160, seed=1,
+                                       messages=[{"role": "user", "content": "Why?"}])
+    choice = r.choices[0]
+    assert choice.finish_reason == "length" and r.usage.completion_tokens == 160
+    assert choice.message.reasoning_content.strip() and choice.message.content.strip()
+    reasoning_tokens = r.usage.completion_tokens_details.reasoning_tokens
+    assert 0 < reasoning_tokens < r.usage.completion_tokens
