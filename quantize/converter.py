@@ -99,7 +99,7 @@ def convert(src: str | Path, out: str | Path, quant: str = "F16", *, threads: in
     try:
         with open(partial if streamed else inter, "wb") as f:
             writer = GGUFStreamWriter(f, kvs, slots, writeback=streamed)  # not llama.cpp's input
-            total = sum(ckpt.entries[j.source].nbytes for j in jobs if j.source)
+            total = sum(ckpt.entries[n].nbytes for j in jobs for n in _sources(j))
             workers = max(1, min(4, threads or os.cpu_count() or 1))
             with phase(f"converting to {target}", total, progress) as advance, \
                     ThreadPoolExecutor(workers, thread_name_prefix="convert") as pool:
@@ -121,6 +121,11 @@ def convert(src: str | Path, out: str | Path, quant: str = "F16", *, threads: in
         with suppress(OSError):
             inter.unlink()
     return out
+
+
+def _sources(job) -> tuple[str, ...]:
+    """The HF tensors a job reads, in order: one, or a stack's parts (none if generated)."""
+    return job.parts or ((job.source,) if job.source else ())
 
 
 def _count(shape: tuple[int, ...]) -> int:
@@ -159,14 +164,19 @@ class _Blocks:
         if job.data is not None:
             self.writer.write(encode(job.data, slot.ggml))
             return
-        entry = self.ckpt.entries[job.source]
-        rows = max(1, BLOCK_BYTES // (4 * max(1, entry.row_elements)))
-        rows = max(job.row_multiple, rows // job.row_multiple * job.row_multiple)
         pending: deque = deque()
-        for r0, n in self.ckpt.block_rows(job.source, rows):
-            pending.append(self.pool.submit(self._work, job, slot, entry, r0, n))
-            if len(pending) > self.workers:
-                self._drain_one(pending)
+        for name in _sources(job):  # a stack's parts one after another: their rows in order
+            entry = self.ckpt.entries[name]
+            if job.row_multiple >= entry.rows:
+                blocks = [(0, entry.rows)]  # the transform needs the tensor whole
+            else:
+                rows = max(1, BLOCK_BYTES // (4 * max(1, entry.row_elements)))
+                rows = max(job.row_multiple, rows // job.row_multiple * job.row_multiple)
+                blocks = self.ckpt.block_rows(name, rows)
+            for r0, n in blocks:
+                pending.append(self.pool.submit(self._work, job, slot, entry, r0, n))
+                if len(pending) > self.workers:
+                    self._drain_one(pending)
         while pending:
             self._drain_one(pending)
 
@@ -176,7 +186,7 @@ class _Blocks:
         into = getattr(self.local, "buf", None)
         if into is None or into.size < nbytes:
             into = self.local.buf = np.empty(max(nbytes, BLOCK_BYTES), np.uint8)
-        block, stored = self.ckpt.read_rows(job.source, r0, n, into=into)
+        block, stored = self.ckpt.read_rows(entry.name, r0, n, into=into)
         if job.transform is not None:  # row moves: the same on stored values as on floats
             block = job.transform(block)
         out = self.free.get()
@@ -187,7 +197,7 @@ class _Blocks:
             return encode(block, slot.ggml, stored, out=out), out, nbytes
         except Unrepresentable as err:
             self.free.put(out)
-            raise ConvertError(f"{job.source}: {err}: check the checkpoint, or convert to BF16, "
+            raise ConvertError(f"{entry.name}: {err}: check the checkpoint, or convert to BF16, "
                                "which holds values that large") from None
         except BaseException:
             self.free.put(out)

@@ -194,6 +194,19 @@ def _model(spec: Spec, special: dict):
         cfg = tf.LlamaConfig(**{**common, "max_position_embeddings": 131072}, rope_parameters=rope,
                              head_dim=spec.head_dim or spec.hidden // spec.heads)
         cls = tf.LlamaForCausalLM
+    elif spec.arch == "deepseek_v3":
+        # MLA with small ranks, one dense layer then MoE layers with a shared expert and group
+        # routing, YaRN scaling with DeepSeek's mscale keys
+        rope = spec.rope or {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                             "original_max_position_embeddings": 1024, "beta_fast": 32,
+                             "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}
+        cfg = tf.DeepseekV3Config(**{**common, "num_key_value_heads": spec.heads},
+                                  moe_intermediate_size=256, n_shared_experts=1, n_routed_experts=8,
+                                  routed_scaling_factor=2.5, kv_lora_rank=128, q_lora_rank=128,
+                                  qk_rope_head_dim=32, v_head_dim=32, qk_nope_head_dim=32,
+                                  n_group=4, topk_group=2, num_experts_per_tok=2,
+                                  first_k_dense_replace=1, norm_topk_prob=True, rope_parameters=rope)
+        cls = tf.DeepseekV3ForCausalLM
     elif spec.arch == "qwen3":
         cfg = tf.Qwen3Config(**common, rope_theta=1000000.0, head_dim=spec.head_dim or 128,
                              use_sliding_window=False)
@@ -208,7 +221,10 @@ def _model(spec: Spec, special: dict):
                 base = 1.0 if "norm" in name else 0.0
                 p.copy_(base + 0.1 * torch.randn_like(p))
             else:
-                p.copy_(torch.randn_like(p) * (1.0 / p.shape[1] ** 0.5))
+                p.copy_(torch.randn_like(p) * (1.0 / p.shape[-1] ** 0.5))
+        for name, buf in model.named_buffers():  # DeepSeek's routing bias: a wrong mapping shows
+            if name.endswith("e_score_correction_bias"):
+                buf.copy_(0.1 * torch.randn_like(buf))
     return model
 
 
@@ -248,6 +264,11 @@ def llama_checkpoint(**kw) -> Path:
 
 def qwen3_checkpoint(**kw) -> Path:
     return build_checkpoint(Spec("qwen3", **kw))
+
+
+def deepseek_v3_checkpoint(**kw) -> Path:
+    """A tiny DeepseekV3ForCausalLM: 3 layers (1 dense, 2 MoE with 8 experts), 4 heads."""
+    return build_checkpoint(Spec("deepseek_v3", **{"layers": 3, **kw}))
 
 
 def r1_tokenizer_checkpoint(**kw) -> Path:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from quantize.archs.base import Arch, TensorJob
+from quantize.archs.deepseek_v3 import DeepseekV3
 from quantize.archs.llama import Llama
 from quantize.archs.qwen2 import Qwen2
 from quantize.archs.qwen3 import Qwen3
 from quantize.errors import ConvertError
 
-ARCHITECTURES: tuple[type[Arch], ...] = (Qwen2, Llama, Qwen3)
+ARCHITECTURES: tuple[type[Arch], ...] = (Qwen2, Llama, Qwen3, DeepseekV3)
 SUPPORTED = {cls: arch for arch in ARCHITECTURES for cls in arch.hf_classes}
 
 

@@ -53,6 +53,7 @@ class TensorJob:
     gguf_name: str
     shape: tuple[int, ...]
     source: str | None = None  # HF tensor name, or None for a generated tensor
+    parts: tuple[str, ...] = ()  # a stacked tensor's HF tensors, in order (MoE experts)
     transform: RowTransform | None = None  # moves rows only: it sees them as stored (any dtype)
     row_multiple: int = 1  # blocks must hold whole groups of this many rows (e.g. heads)
     data: np.ndarray | None = None  # a generated tensor's values
