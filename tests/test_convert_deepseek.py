@@ -128,3 +128,26 @@ def test_a_config_that_does_not_match_the_weights_is_one_line(tmp_path):
     with pytest.raises(ConvertError, match="kv_b_proj.weight is 256x128, not"):
         convert(bad, tmp_path / "out.gguf", "F16", progress=False)
     assert not list(tmp_path.glob("out.gguf*"))
+
+
+def test_convert_an_fp8_v3_repo_from_the_hub(bf16, loopback_hub, tmp_path):
+    """`r1local convert deepseek-ai/...` on the loopback hub (real huggingface-hub): the FP8
+    repo is fetched and converted; its tensors equal the local folder's conversion."""
+    from test_convert_cli import _cli_env
+
+    src, ids, _ = bf16
+    fp8 = hfc.fp8_checkpoint(src)
+    repo = "deepseek-ai/DeepSeek-R1-tiny"
+    for f in fp8.iterdir():
+        loopback_hub.add_file(repo, f.name, f)
+    out = tmp_path / "r1-tiny-Q8_0.gguf"
+    env = {"HF_ENDPOINT": loopback_hub.url, "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_DISABLE_TELEMETRY": "1"}
+    proc = _cli_env(env, repo, "--quant", "Q8_0", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    local = _tensors(_convert(fp8, "Q8_0"))
+    hub = _tensors(out)
+    assert set(hub) == set(local) and "blk.2.ffn_down_exps.weight" in hub
+    for name, t in hub.items():
+        assert bytes(t.data) == bytes(local[name].data), name
+    assert _llama_logits(out, ids).shape == (len(ids), 512)
