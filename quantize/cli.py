@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="importance matrix from llama-imatrix: needed by the IQ1/IQ2/IQ3 types, "
                              "improves the K-quants")
     parser.add_argument("--revision", metavar="REV", help="hub revision (branch, tag or commit)")
+    parser.add_argument("--two-pass", action="store_true",
+                        help="K-quants the old way: an F16/BF16 file first, then llama.cpp's "
+                             "quantizer over it (the same bytes, twice the disk and time)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -40,7 +43,7 @@ def run(args: argparse.Namespace) -> Path:
         raise ConvertError("--threads must be at least 1")
     out = Path(args.output) if args.output else default_output(args.src, args.quant)
     return convert(args.src, out, args.quant, threads=args.threads, force=args.force,
-                   imatrix=args.imatrix, revision=args.revision,
+                   imatrix=args.imatrix, revision=args.revision, two_pass=args.two_pass,
                    progress=not args.no_progress and sys.stderr.isatty())
 
 

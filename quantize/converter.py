@@ -1,9 +1,11 @@
 """convert(): a Hugging Face checkpoint -> one GGUF file at the chosen quant.
 
 F32/F16/BF16/Q8_0 are written here while streaming row blocks from the safetensors files.
-Every other type goes through an F16 (or BF16) intermediate that llama.cpp's quantizer
-reads; the intermediate is deleted afterwards. Output appears under its final name only
-when complete (``<out>.partial`` until then).
+The other llama.cpp types are written in the same single pass (onepass.py: llama.cpp picks
+each tensor's type, ggml's kernels quantize the rows), byte for byte what llama.cpp's
+quantizer makes of our F16/BF16 file. With an importance matrix (or ``two_pass``) the F16
+(or BF16) intermediate is written and handed to llama.cpp's quantizer, then deleted. Output
+appears under its final name only when complete (``<out>.partial`` until then).
 """
 
 from __future__ import annotations
@@ -27,13 +29,15 @@ from quantize.errors import ConvertError
 from quantize.formats import STRING, UINT32
 from quantize.imatrix import imatrix_entries
 from quantize.kernels import Unrepresentable, encode, encoded_size
-from quantize.llamaquant import quantize_file, require_tool
+from quantize.llamaquant import llama_ftype, quantize_file, require_tool
+from quantize.onepass import plan_types, quantize_rows, widened
 from quantize.progress import phase
 from quantize.quants import (IMATRIX_QUANTS, LLAMA_QUANTS, QUANTIZATION_VERSION, STREAMED,
                              SUPPORTED_QUANTS, bits_per_weight, canonical)
 from quantize.vocab import read_vocab
 from quantize.writer import KV, GGUFStreamWriter, TensorSlot
 
+FLOAT_TYPES = ("F32", "F16", "BF16")
 BLOCK_BYTES = 16 << 20  # float32 bytes per row block (FP8 is decoded to it): bounds memory
 DISK_MARGIN = 64 << 20
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -41,7 +45,7 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 def convert(src: str | Path, out: str | Path, quant: str = "F16", *, threads: int | None = None,
             force: bool = False, imatrix: str | Path | None = None, revision: str | None = None,
-            progress: bool = True) -> Path:
+            progress: bool = True, two_pass: bool = False) -> Path:
     """Convert ``src`` (a checkpoint folder or a hub repo id) to the GGUF ``out``; returns ``out``."""
     wanted = canonical(quant)
     if wanted is None:
@@ -68,6 +72,7 @@ def convert(src: str | Path, out: str | Path, quant: str = "F16", *, threads: in
     if out.is_dir():
         raise ConvertError(f"{out} is a folder: give the output file name")
 
+    out.parent.mkdir(parents=True, exist_ok=True)
     folder, source, resolved_rev = _resolve_source(src, revision, progress)
     ckpt = Checkpoint(folder)
     arch = for_config(ckpt.config)
@@ -78,14 +83,25 @@ def convert(src: str | Path, out: str | Path, quant: str = "F16", *, threads: in
         raise ConvertError(f"importance matrix {imatrix_path} has no entry for any weight of this "
                            "model: make it with llama-imatrix from this same model (its F16 GGUF)")
 
-    streamed = wanted in STREAMED
-    target = wanted if streamed else ("BF16" if ckpt.source_dtype() in ("BF16", "F8_E4M3") else "F16")
+    one_pass = wanted in LLAMA_QUANTS and imatrix_path is None and not two_pass
+    streamed = wanted in STREAMED or one_pass  # the output is written while streaming
+    # the intermediate's type: what llama.cpp's quantizer reads (two passes), or what the
+    # rows are rounded to before ggml quantizes them (one pass)
+    target = wanted if wanted in STREAMED else (
+        "BF16" if ckpt.source_dtype() in ("BF16", "F8_E4M3") else "F16")
     slots = [TensorSlot(j.gguf_name, j.shape, _tensor_type(j.shape, j.keep_f32, target)) for j in jobs]
+    via = None
+    file_type = STREAMED[target][1]
+    if one_pass:
+        kvs = _metadata(arch, vocab, ckpt.config, source, resolved_rev, file_type, folder)
+        types = plan_types(kvs, slots, wanted, out.with_name(out.name + ".skeleton.partial"), threads)
+        via = {s.name: s.ggml for s in slots}
+        slots = [TensorSlot(s.name, s.shape, types[s.name]) for s in slots]
+        file_type = llama_ftype(wanted)
     stream_bytes = sum(s.nbytes for s in slots)
     n_weights = sum(_count(j.shape) for j in jobs)
     final_bytes = stream_bytes if streamed else int(n_weights * bits_per_weight(wanted) / 8)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(out.parent).free
     need = final_bytes + (0 if streamed else stream_bytes) + DISK_MARGIN
     if free < need:
@@ -94,16 +110,15 @@ def convert(src: str | Path, out: str | Path, quant: str = "F16", *, threads: in
 
     partial = out.with_name(out.name + ".partial")
     inter = out.with_name(out.name + f".{target.lower()}.partial")
-    file_type = STREAMED[target][1]
     kvs = _metadata(arch, vocab, ckpt.config, source, resolved_rev, file_type, folder)
     try:
         with open(partial if streamed else inter, "wb") as f:
             writer = GGUFStreamWriter(f, kvs, slots, writeback=streamed)  # not llama.cpp's input
             total = sum(ckpt.entries[n].nbytes for j in jobs for n in _sources(j))
             workers = max(1, min(4, threads or os.cpu_count() or 1))
-            with phase(f"converting to {target}", total, progress) as advance, \
+            with phase(f"converting to {wanted if one_pass else target}", total, progress) as advance, \
                     ThreadPoolExecutor(workers, thread_name_prefix="convert") as pool:
-                blocks = _Blocks(ckpt, writer, advance, pool, workers)
+                blocks = _Blocks(ckpt, writer, advance, pool, workers, via)
                 for job, slot in zip(jobs, slots):
                     blocks.tensor(job, slot)
             writer.finish()
@@ -153,8 +168,9 @@ class _Blocks:
     always finds one free."""
 
     def __init__(self, ckpt: Checkpoint, writer: GGUFStreamWriter, advance, pool: ThreadPoolExecutor,
-                 workers: int) -> None:
+                 workers: int, via: dict[str, str] | None = None) -> None:
         self.ckpt, self.writer, self.advance, self.pool, self.workers = ckpt, writer, advance, pool, workers
+        self.via = via or {}  # one pass: tensor -> the intermediate type its rows are rounded to
         self.free: queue.SimpleQueue = queue.SimpleQueue()
         for _ in range(workers + 1):
             self.free.put(np.empty(BLOCK_BYTES, np.uint8))
@@ -194,7 +210,12 @@ class _Blocks:
         if out.size < need:
             out = np.empty(need, np.uint8)
         try:
-            return encode(block, slot.ggml, stored, out=out), out, nbytes
+            via = self.via.get(slot.name)
+            if via is None or slot.ggml == via:  # as the F16/BF16 intermediate holds it
+                return encode(block, slot.ggml, stored, out=out), out, nbytes
+            if slot.ggml in FLOAT_TYPES:
+                return encode(widened(block, stored, via), slot.ggml, "F32", out=out), out, nbytes
+            return quantize_rows(block, stored, via, slot.ggml, slot.shape[-1], out), out, nbytes
         except Unrepresentable as err:
             self.free.put(out)
             raise ConvertError(f"{entry.name}: {err}: check the checkpoint, or convert to BF16, "

@@ -21,9 +21,10 @@ SAFETENSORS_DTYPES: dict[str, np.dtype] = {
 # The ids and block sizes are gguf-py's (llama.cpp's own tables), not typed in again here.
 QK8_0 = 32  # Q8_0 values per block
 Q8_0_BYTES = 2 + QK8_0  # f16 scale, then the int8 values
+# Every type gguf-py knows: F32/F16/BF16/Q8_0 we encode ourselves, the rest are written by
+# ggml's own kernels (onepass.py) in the types llama.cpp's quantizer picks.
 GGML_TYPES: dict[str, tuple[int, int, int]] = {
-    name: (GGMLQuantizationType[name].value, *GGML_QUANT_SIZES[GGMLQuantizationType[name]])
-    for name in ("F32", "F16", "Q8_0", "BF16")
+    t.name: (t.value, *GGML_QUANT_SIZES[t]) for t in GGMLQuantizationType if t in GGML_QUANT_SIZES
 }
 assert GGML_TYPES["Q8_0"][1:] == (QK8_0, Q8_0_BYTES)
 

@@ -113,6 +113,13 @@ def quantize_file(src: Path, dst: Path, quant: str, *, threads: int | None, expe
         raise result["err"]
 
 
+def llama_ftype(quant: str) -> int:
+    """llama.cpp's file type id for a quant name (general.file_type, the quantizer's ftype)."""
+    import llama_cpp
+
+    return int(getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant}"))
+
+
 def _in_process(src: Path, dst: Path, quant: str, threads: int | None) -> None:
     import ctypes
 
@@ -120,7 +127,7 @@ def _in_process(src: Path, dst: Path, quant: str, threads: int | None) -> None:
     from llama_cpp import _logger
 
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant}")
+    params.ftype = llama_ftype(quant)
     params.nthread = threads or os.cpu_count() or 1
     # llama.cpp's log (dozens of lines per run) is kept for the error message, not printed
     log: list[str] = []

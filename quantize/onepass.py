@@ -1,0 +1,139 @@
+"""K-quants (and the other llama.cpp types that need no importance matrix) in one pass.
+
+The two-pass way writes the whole model as F16/BF16, then llama.cpp's quantizer reads it
+back: for the 671B R1 a 1.3 TB intermediate and two full passes. Here, instead:
+
+1. llama.cpp itself decides each tensor's type: its quantizer runs in ``dry_run`` mode over
+   a *skeleton* of the intermediate (the same header, the data left as a sparse hole, so it
+   costs no disk and nothing is read), and its log names the type it would give each tensor
+   (the mixture rules, the MoE rules, the fallbacks for rows not a multiple of 256).
+2. The converter then streams the rows once: rounded to the intermediate's F16/BF16, as the
+   two-pass file would hold them, widened to float32 as llama.cpp does, and quantized by
+   ggml's own ``ggml_quantize_chunk`` from the wheel's libggml-base. Rows are quantized one
+   by one, so the bytes equal llama-quantize's on our F16/BF16 file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+from contextlib import suppress
+from pathlib import Path
+
+import numpy as np
+
+from quantize import formats as F
+from quantize.errors import ConvertError
+from quantize.kernels import encode
+from quantize.writer import KV, GGUFStreamWriter, TensorSlot
+
+# one line per tensor of llama.cpp's dry-run log:
+# "[  27/  52] blk.1.ffn_down_exps.weight - [ 256, 256, 8, 1], type = bf16, size = 1.00 MiB -> 0.28 MiB (q4_K)"
+# (without " -> ... (type)" when the tensor keeps its type)
+_LINE = re.compile(r"^\[\s*\d+/\s*\d+\]\s+(\S+)\s+- \[[^\]]*\], type =\s*(\w+), size =[^(\n]*(?:\((\w+)\))?\s*$")
+# ggml's type names as its log spells them -> ours (gguf-py's)
+_BY_LOG_NAME = {name.lower(): name for name in F.GGML_TYPES}
+
+
+def plan_types(kvs: list[KV], slots: list[TensorSlot], quant: str, scratch: Path,
+               threads: int | None = None) -> dict[str, str]:
+    """Tensor name -> the type llama.cpp's quantizer gives it for ``quant``, from a dry run
+    over a skeleton of the intermediate ``slots`` (written at ``scratch``, then removed)."""
+    import llama_cpp
+    from llama_cpp import _logger
+
+    from quantize.llamaquant import failure_reason, llama_ftype
+
+    try:
+        with open(scratch, "wb") as f:
+            writer = GGUFStreamWriter(f, kvs, slots)
+            f.truncate(f.tell() + writer.data_bytes)  # a hole: llama.cpp's dry run reads none of it
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = llama_ftype(quant)
+        params.nthread = threads or os.cpu_count() or 1
+        params.dry_run = True
+        log: list[str] = []
+
+        @llama_cpp.llama_log_callback
+        def keep(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+            log.append(text.decode("utf-8", "replace"))
+
+        llama_cpp.llama_log_set(keep, ctypes.c_void_p(0))
+        try:
+            rc = int(llama_cpp.llama_model_quantize(str(scratch).encode(), os.devnull.encode(), params))
+        finally:
+            llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+    finally:
+        with suppress(OSError):
+            scratch.unlink()
+    text = "".join(log)
+    if rc != 0:
+        raise ConvertError(f"llama.cpp's quantizer refused {quant}: {failure_reason(text) or f'code {rc}'}")
+    types: dict[str, str] = {}
+    for line in text.splitlines():
+        m = _LINE.match(line.strip())
+        if m:
+            name, current, new = m.groups()
+            types[name] = _BY_LOG_NAME[(new or current).lower()]
+    missing = [s.name for s in slots if s.name not in types]
+    if missing:
+        raise ConvertError(f"llama.cpp's quantizer did not say which type {missing[0]} gets "
+                           f"({len(missing)} tensor(s)): convert with --two-pass")
+    return types
+
+
+class _GGML:
+    """ggml_quantize_chunk from the libggml-base that llama_cpp loads."""
+
+    def __init__(self) -> None:
+        import llama_cpp
+
+        libdir = Path(llama_cpp.__file__).parent / "lib"
+        names = sorted(libdir.glob("libggml-base.*")) + sorted(libdir.glob("ggml-base.*"))
+        if not names:
+            raise ConvertError(f"no libggml-base in {libdir}: reinstall llama-cpp-python (./install.sh)")
+        lib = ctypes.CDLL(str(names[0]))
+        fn = lib.ggml_quantize_chunk
+        fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                       ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+        fn.restype = ctypes.c_size_t
+        self.quantize_chunk = fn
+        needs = lib.ggml_quantize_requires_imatrix
+        needs.argtypes, needs.restype = [ctypes.c_int], ctypes.c_bool
+        self.requires_imatrix = needs
+
+
+_ggml: _GGML | None = None
+
+
+def ggml() -> _GGML:
+    global _ggml
+    if _ggml is None:
+        _ggml = _GGML()
+    return _ggml
+
+
+def widened(values: np.ndarray, stored: str, via: str) -> np.ndarray:
+    """``values`` (as the checkpoint stores them) rounded to ``via`` (F16/BF16, the
+    intermediate's type) and widened back to float32, as llama.cpp reads the intermediate."""
+    raw = encode(values, via, stored)
+    if via == "F16":
+        return raw.view(np.float16).astype(np.float32)
+    if via == "BF16":
+        return (raw.view(np.uint16).astype(np.uint32) << F.BF16_SHIFT).view(np.float32)
+    return raw.view(np.float32)
+
+
+def quantize_rows(values: np.ndarray, stored: str, via: str, ggml_type: str, n_per_row: int,
+                  out: np.ndarray) -> np.ndarray:
+    """Rows of ``values`` -> ``ggml_type`` bytes (in ``out``), by ggml's own kernel."""
+    src = np.ascontiguousarray(widened(values, stored, via))
+    nrows = src.size // n_per_row
+    type_id, block, size = F.GGML_TYPES[ggml_type]
+    nbytes = nrows * (n_per_row // block) * size
+    dst = out[:nbytes]
+    got = ggml().quantize_chunk(type_id, src.ctypes.data, dst.ctypes.data, 0, nrows, n_per_row, None)
+    if got != nbytes:
+        raise ConvertError(f"ggml wrote {got} bytes for {nrows} rows of {ggml_type}, not {nbytes}")
+    return dst
