@@ -1,7 +1,10 @@
-"""Converter throughput and peak memory on a synthetic >= 4 GB checkpoint, side by side with
-a plain copy of the same bytes and with llama.cpp's convert_hf_to_gguf.py (same version).
+"""Converter throughput, peak memory and peak disk on a synthetic >= 4 GB checkpoint, side by
+side with a plain copy of the same bytes and with llama.cpp's convert_hf_to_gguf.py (same
+version); for Q4_K_M also our one pass against two passes (our F16 file, then llama.cpp's
+quantizer) and against convert_hf_to_gguf.py + llama-quantize.
 
-    .venv/bin/python bench/convert.py [--gb 4] [--llama-cpp-src DIR | --no-llama-cpp] [--keep]
+    .venv/bin/python bench/convert.py [--gb 4] [--llama-cpp-src DIR | --no-llama-cpp]
+                                      [--quants F16,BF16,Q8_0,Q4_K_M] [--keep]
 
 The checkpoint has real DeepSeek-R1-Distill-Qwen-7B shapes (hidden 3584, ffn 18944, 28/4
 heads, 152064-token vocabulary, untied head), as many layers as reach the size, BF16 in
@@ -30,7 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 SHAPE = dict(hidden=3584, ffn=18944, heads=28, kv_heads=4, vocab=152064)
-QUANTS = ("F16", "BF16", "Q8_0")
+QUANTS = ("F16", "BF16", "Q8_0", "Q4_K_M")
+STREAMED = ("F16", "BF16", "Q8_0")  # convert_hf_to_gguf.py writes these itself
 SHARD_BYTES = 1 << 30
 
 
@@ -102,21 +106,41 @@ def make_checkpoint(folder: Path, target_bytes: int) -> int:
     return total
 
 
-def measure(cmd: list[str], env: dict | None = None) -> tuple[float, int, int, str]:
-    """(seconds, peak RSS bytes of the process tree, exit code, last stderr line)."""
+def _disk(folder: Path) -> int:
+    """Bytes the files under ``folder`` occupy on disk (sparse holes count as nothing)."""
+    total = 0
+    for p in folder.rglob("*"):
+        try:
+            if p.is_file():
+                total += p.stat().st_blocks * 512
+        except OSError:
+            pass
+    return total
+
+
+def measure(cmd: list[str], env: dict | None = None,
+            outputs: Path | None = None) -> tuple[float, int, int, int, str]:
+    """(seconds, peak RSS bytes of the process tree, peak disk under ``outputs``, exit code,
+    last stderr line)."""
     start = time.perf_counter()
     proc = psutil.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
-    peak = 0
+    peak = disk = 0
+    polls = 0
     while proc.poll() is None:
         try:
             rss = proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
             peak = max(peak, rss)
         except psutil.Error:
             pass
+        if outputs is not None and polls % 10 == 0:
+            disk = max(disk, _disk(outputs))
+        polls += 1
         time.sleep(0.05)
     elapsed = time.perf_counter() - start
+    if outputs is not None:
+        disk = max(disk, _disk(outputs))
     err = proc.stderr.read().strip().splitlines() if proc.stderr else []
-    return elapsed, peak, proc.returncode, err[-1] if err else ""
+    return elapsed, peak, disk, proc.returncode, err[-1] if err else ""
 
 
 def llama_cpp_source(given: str | None) -> Path | None:
@@ -144,8 +168,10 @@ def main() -> int:
     ap.add_argument("--workdir", default=str(ROOT / "bench" / "results" / "convert-work"))
     ap.add_argument("--no-llama-cpp", action="store_true",
                     help="skip convert_hf_to_gguf.py's rows (minutes each, and ~3.5 GB of memory)")
+    ap.add_argument("--quants", default=",".join(QUANTS), help=f"which rows (default {','.join(QUANTS)})")
     ap.add_argument("--keep", action="store_true", help="keep the synthetic checkpoint")
     args = ap.parse_args()
+    quants = [q.strip().upper() for q in args.quants.split(",") if q.strip()]
 
     load_before = " / ".join(f"{a:.1f}" for a in os.getloadavg())
     work = Path(args.workdir)
@@ -159,50 +185,65 @@ def main() -> int:
         print(f"synthetic checkpoint: {size / 1e9:.2f} GB in {time.perf_counter() - t:.0f} s", flush=True)
         py = sys.executable
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        runs = [("copy (cp of the same shards)", None, ["cp", "-r", str(src), str(work / "copy")], env,
-                 work / "copy")]
-        for q in QUANTS:
-            out = work / f"ours-{q}.gguf"
-            runs.append((f"quantize → {q}", q, [py, "-m", "quantize", str(src), "--quant", q, "-o", str(out),
-                                                "--no-progress"], env, out))
+        outs = work / "out"  # every run writes here only, so its disk use can be watched
+        outs.mkdir()
+        runs = [("copy (cp of the same shards)", None, ["cp", "-r", str(src), str(outs / "copy")], env)]
+        for q in quants:
+            out = outs / f"ours-{q}.gguf"
+            ours = [py, "-m", "quantize", str(src), "--quant", q, "-o", str(out), "--no-progress"]
+            runs.append((f"quantize → {q}" + ("" if q in STREAMED else " (one pass)"), q, ours, env))
+            if q not in STREAMED:
+                runs.append((f"quantize --two-pass → {q}", q, [*ours, "--two-pass"], env))
         lc = None if args.no_llama_cpp else llama_cpp_source(args.llama_cpp_src)
+        from quantize.llamaquant import find_tool
+
+        tool = find_tool()
         if lc is not None and (lc / "convert_hf_to_gguf.py").exists():
             lenv = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(lc / "gguf-py"), os.environ.get("PYTHONPATH")]))}
-            for q in QUANTS:
-                out = work / f"llamacpp-{q}.gguf"
-                runs.append((f"convert_hf_to_gguf.py → {q}", q,
-                             [py, str(lc / "convert_hf_to_gguf.py"), str(src), "--outtype", q.lower(),
-                              "--outfile", str(out)], lenv, out))
+            for q in quants:
+                out = outs / f"llamacpp-{q}.gguf"
+                hf = [py, str(lc / "convert_hf_to_gguf.py"), str(src), "--outfile"]
+                if q in STREAMED:
+                    runs.append((f"convert_hf_to_gguf.py → {q}", q, [*hf, str(out), "--outtype", q.lower()], lenv))
+                elif tool is not None:
+                    mid = outs / "llamacpp-BF16.gguf"
+                    chain = (f"{' '.join(map(str, hf))} {mid} --outtype bf16 && {tool} {mid} {out} {q} "
+                             f"{os.cpu_count()} && rm {mid}")
+                    runs.append((f"convert_hf_to_gguf.py + llama-quantize → {q}", q, ["bash", "-c", chain], lenv))
+                else:
+                    print(f"no llama-quantize (./install.sh --tools): the convert_hf_to_gguf.py row for {q} is skipped")
         else:
             print("llama.cpp's convert_hf_to_gguf.py not available: its rows are skipped")
-        for label, quant, cmd, e, out in runs:
-            sec, peak, rc, last = measure(cmd, e)
+        for label, quant, cmd, e in runs:
+            sec, peak, disk, rc, last = measure(cmd, e, outs)
             ok = rc == 0
-            rows.append((label, quant, sec, size / 1e6 / sec if ok else None, peak,
+            rows.append((label, quant, sec, size / 1e6 / sec if ok else None, peak, disk,
                          "ok" if ok else f"failed: {last[:80]}"))
-            print(f"{label}: {sec:.1f} s, {size / 1e6 / sec:.0f} MB/s, peak RSS {peak / 2**20:.0f} MiB, {rows[-1][-1]}",
-                  flush=True)
-            if out.is_dir():
-                shutil.rmtree(out, ignore_errors=True)
-            else:
-                out.unlink(missing_ok=True)
+            print(f"{label}: {sec:.1f} s, {size / 1e6 / sec:.0f} MB/s, peak RSS {peak / 2**20:.0f} MiB, "
+                  f"peak disk {disk / 1e9:.2f} GB, {rows[-1][-1]}", flush=True)
+            shutil.rmtree(outs, ignore_errors=True)
+            outs.mkdir()
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
     copy_rate = rows[0][3]
     ref = {r[1]: r[3] for r in rows if r[0].startswith("convert_hf")}
+    two = {r[1]: r[2] for r in rows if "--two-pass" in r[0]}
     load = " / ".join(f"{a:.1f}" for a in os.getloadavg())
     lines = [f"Converter benchmark: {size / 1e9:.2f} GB BF16 checkpoint (R1-Distill-Qwen-7B shapes, "
              f"~1 GB shards), {os.cpu_count()} cores, page cache warm; load average (1/5/15 min) "
              f"{load_before} before, {load} after",
-             "", "| run | seconds | MB/s (source bytes) | × copy | × convert_hf_to_gguf | peak RSS MiB | status |",
-             "|---|---:|---:|---:|---:|---:|---|"]
-    for label, q, sec, rate, peak, status in rows:
+             "", "| run | seconds | MB/s (source bytes) | × copy | × convert_hf_to_gguf | "
+                 "speed-up over two passes | peak RSS MiB | peak disk GB | status |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for label, q, sec, rate, peak, disk, status in rows:
         vs_copy = f"{rate / copy_rate:.2f}" if rate and copy_rate else "–"
         vs_ref = f"{rate / ref[q]:.2f}" if rate and q and ref.get(q) else "–"
-        lines.append(f"| {label} | {sec:.1f} | {rate:.0f} | {vs_copy} | {vs_ref} | {peak / 2**20:.0f} | {status} |"
-                     if rate else f"| {label} | {sec:.1f} | – | – | – | {peak / 2**20:.0f} | {status} |")
+        vs_two = f"{two[q] / sec:.2f}" if rate and q in two and "one pass" in label else "–"
+        lines.append(f"| {label} | {sec:.1f} | {rate:.0f} | {vs_copy} | {vs_ref} | {vs_two} | "
+                     f"{peak / 2**20:.0f} | {disk / 1e9:.2f} | {status} |" if rate else
+                     f"| {label} | {sec:.1f} | – | – | – | – | {peak / 2**20:.0f} | {disk / 1e9:.2f} | {status} |")
     table = "\n".join(lines)
     print("\n" + table)
     res = ROOT / "bench" / "results"

@@ -24,7 +24,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "run": ("run", "chat with a model in the terminal, or answer one prompt",
             "r1local run 8b\n  r1local run 8b \"What is 17 * 23?\" > answer.txt"),
     "serve": ("serve", "serve models over Ollama- and OpenAI-compatible HTTP APIs",
-              "r1local serve --model 8b\n  curl localhost:11435/api/generate -d "
+              "r1local serve --model 8b\n  curl localhost:11434/api/generate -d "
               "'{\"model\": \"8b\", \"prompt\": \"hi\"}'"),
     "convert": ("convert", "convert a Hugging Face checkpoint to GGUF at a chosen quant",
                 "r1local convert deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --quant Q8_0"),
@@ -32,6 +32,9 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "show": ("show", "show a model's details and the plan for this machine",
              "r1local show 8b\n  r1local show 14b:Q4_K_M --json"),
     "rm": ("rm", "remove a model from the local store", "r1local rm 14b:Q4_K_M"),
+    "worker": ("worker", "lend this machine's CPU or GPU to another r1local over llama.cpp's RPC",
+               "r1local worker --mem 12G\n  r1local run 70b --rpc 127.0.0.1:50052   (on the other "
+               "machine, through `ssh -L 50052:127.0.0.1:50052 this-host`)"),
     "import": ("import_gguf", "add a GGUF file you already have to the store",
                "r1local import ~/models/my-r1.gguf --name my-r1"),
 }

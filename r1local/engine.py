@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from r1local.errors import ContextFullError, ModelFileError, R1LocalError
+from r1local.errors import ContextFullError, ModelFileError, R1LocalError, UsageError
 from r1local.reasoning import (
     ANSWER, BUDGET_CLOSE, THINK_OPEN, Chunk, LoopGuard, StopMatcher, ThinkSplitter,
     fold_system, is_reasoning_model, strip_reasoning,
 )
+from r1local.tool_calls import ToolError, family_of
+from r1local.tool_calls import prepare as prepare_tools
 
 if TYPE_CHECKING:
     from r1local.ggufinfo import GGUFHeader
@@ -32,6 +34,7 @@ __all__ = ["Chunk", "Engine", "GenerationSettings", "Stats"]
 
 DEFAULT_CTX = 4096  # without a plan: enough for a few reasoning turns, cheap in KV memory
 RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp picks a random seed
+ANSWER_LEAD = r"[ \t\n]{0,3}"  # GBNF: whitespace a grammar-bound answer may open with
 
 # Used only when a GGUF carries no chat template (ChatML, the most common fallback).
 FALLBACK_TEMPLATE = (
@@ -55,6 +58,9 @@ class GenerationSettings:
     # (None: the plan's answer reserve; 0: never, the reasoning may use everything)
     answer_reserve: int | None = None
     loop_guard: bool = True
+    # GBNF (start rule "root") the answer must match, e.g. r1local.structured's JSON grammar;
+    # a reasoning model's reasoning stays free, the grammar starts once `</think>` is out
+    grammar: str | None = None
 
 
 @dataclass
@@ -198,6 +204,7 @@ class Engine:
         self._formatter = Jinja2ChatFormatter(self.chat_template, eos_text, self._bos_text)
         self.is_reasoning = is_reasoning_model(template if isinstance(template, str) else None,
                                                lambda: len(self.tokenize(THINK_OPEN)) == 1)
+        self.tool_family = family_of(template if isinstance(template, str) else None)
 
     def _decode_one(self, token: int) -> None:
         """llm.eval([token]) without its per-call cache trim and Python batch fill: one
@@ -263,11 +270,20 @@ class Engine:
         msgs = strip_reasoning(messages)
         return fold_system(msgs) if self.is_reasoning else msgs
 
-    def format_chat(self, messages: Sequence[dict]) -> str:
-        """The exact prompt the model sees, ending (for reasoning models) in `<think>\\n`."""
-        msgs = self.prepare_messages(messages)
+    def format_chat(self, messages: Sequence[dict], *, tools: Sequence[dict] | None = None,
+                    tool_choice: str | None = None) -> str:
+        """The exact prompt the model sees, ending (for reasoning models) in `<think>\\n`.
+        ``tools``: definitions (r1local.tool_calls.check_tools), placed as the model's
+        family expects; assistant messages may carry `tool_calls` (ToolCall lists)."""
         try:
-            prompt = self._formatter(messages=msgs).prompt
+            msgs, template_tools = prepare_tools(self.tool_family, strip_reasoning(messages),
+                                                 tools, tool_choice)
+        except ToolError as err:
+            raise UsageError(str(err)) from None
+        if self.is_reasoning:
+            msgs = fold_system(msgs)
+        try:
+            prompt = self._formatter(messages=msgs, tools=template_tools).prompt
         except Exception as err:  # a template error is the caller's input problem
             raise R1LocalError(f"the model's chat template failed on these messages: {err}") from None
         if self.is_reasoning and not prompt.rstrip(" ").endswith(THINK_OPEN):
@@ -282,8 +298,9 @@ class Engine:
     # ---- generation ------------------------------------------------------------------
 
     def chat(self, messages: list[dict], settings: GenerationSettings | None = None, *,
-             cancel: threading.Event | None = None) -> Iterator[Chunk]:
-        prompt = self.format_chat(messages)
+             cancel: threading.Event | None = None, tools: Sequence[dict] | None = None,
+             tool_choice: str | None = None) -> Iterator[Chunk]:
+        prompt = self.format_chat(messages, tools=tools, tool_choice=tool_choice)
         started = self.is_reasoning and prompt.rstrip().endswith(THINK_OPEN)
         return self._generate(self._prompt_tokens(prompt), settings or GenerationSettings(),
                               cancel, ThinkSplitter(started=started) if self.is_reasoning else None)
@@ -332,10 +349,40 @@ class Engine:
             raise ContextFullError(
                 f"the prompt is {len(tokens)} tokens but the context holds {self.n_ctx}",
                 hint="shorten it, drop earlier turns, or load with a larger --ctx")
-        return self._run(tokens, s, cancel, splitter)
+        grammar = (self._grammar(s.grammar, after_reasoning=splitter is not None)
+                   if s.grammar is not None else None)
+        return self._run(tokens, s, cancel, splitter, grammar)
+
+    def _grammar(self, text: str, *, after_reasoning: bool) -> Any:
+        """A checked LlamaGrammar: llama.cpp's parser must accept the text here, since
+        the sampler it would go into cannot report a failure. After reasoning the answer
+        may open with the blank line R1 models put after `</think>` (the splitter strips
+        it from the reply), so it is not forced against the model's habit."""
+        import llama_cpp
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        root = "root"
+        if after_reasoning:
+            root = "r1local-after-think"
+            text = f"{root} ::= {ANSWER_LEAD} root\n{text}"
+        probe = llama_cpp.llama_sampler_init_grammar(self._vocab, text.encode("utf-8"),
+                                                     root.encode())
+        if not probe:
+            raise UsageError("llama.cpp refused the grammar made from this JSON schema; "
+                             "simplify the schema (see `r1local.structured`)")
+        llama_cpp.llama_sampler_free(probe)
+        grammar = LlamaGrammar.from_string(text)
+        grammar._root = root  # what llama-cpp-python's add_grammar passes as the start rule
+        return grammar
+
+    def _sampler(self, s: GenerationSettings, grammar: Any = None) -> Any:
+        return self._llm._init_sampler(top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
+                                       temp=s.temperature, repeat_penalty=s.repeat_penalty,
+                                       grammar=grammar)
 
     def _run(self, tokens: list[int], s: GenerationSettings,
-             cancel: threading.Event | None, splitter: ThinkSplitter | None) -> Iterator[Chunk]:
+             cancel: threading.Event | None, splitter: ThinkSplitter | None,
+             grammar: Any = None) -> Iterator[Chunk]:
         llm = self._llm
         t_call = time.perf_counter()
         stats = Stats(prompt_tokens=len(tokens), completion_tokens=0, thinking_tokens=0,
@@ -356,8 +403,16 @@ class Engine:
         if splitter is not None and splitter.in_thinking:
             stats.answer_reserve = self._reserve(s, min(max_new, self.n_ctx - len(tokens)))
         llm.set_seed(RANDOM_SEED if s.seed is None else int(s.seed) & 0xFFFFFFFF)
-        sampler = llm._init_sampler(top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
-                                    temp=s.temperature, repeat_penalty=s.repeat_penalty)
+        # the grammar binds the answer only: while the model reasons it samples freely, and
+        # the grammar's sampler takes over (from its start state) once the reasoning closes
+        constrained = grammar is not None and (splitter is None or not splitter.in_thinking)
+        sampler = self._sampler(s, grammar if constrained else None)
+
+        def answer_begins() -> None:
+            nonlocal sampler, constrained
+            if grammar is not None and not constrained and not splitter.in_thinking:
+                sampler = self._sampler(s, grammar)
+                constrained = True
 
         def emit(chunks: list[Chunk]) -> list[Chunk]:
             out = []
@@ -426,6 +481,8 @@ class Engine:
                         stats.forced_answer = True
                         if guard is not None:
                             guard.reset()
+                if splitter is not None:
+                    answer_begins()
                 if len(inject_now) == 1:
                     self._decode_one(inject_now[0])
                 else:

@@ -29,11 +29,15 @@ MAX_DIMS = 4
 # GGUF metadata value types -> (struct format, size); strings and arrays are handled apart
 _SCALARS = {t: (fmt, struct.calcsize(fmt)) for t, fmt in GGUF_SCALAR_FORMATS.items()}
 
+# Encoder-only embedding models: no language-model head, so they embed (through
+# r1local.embeddings) but cannot chat or complete.
+ENCODER_ARCHITECTURES = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2",
+                                   "jina-bert-v3", "modern-bert", "neo-bert", "eurobert"})
 # Architectures this llama.cpp build is expected to run (the R1 family and the test models).
 KNOWN_ARCHITECTURES = frozenset({
     "llama", "qwen2", "qwen3", "deepseek2", "qwen2moe", "qwen3moe", "mistral", "gemma",
     "gemma2", "gemma3", "phi3", "granite", "olmo", "starcoder2", "smollm3",
-})
+}) | ENCODER_ARCHITECTURES
 
 
 class _Truncated(Exception):

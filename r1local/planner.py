@@ -63,6 +63,10 @@ VRAM_RESERVE_FRACTION = 0.05  # fragmentation
 VRAM_RESERVE_MIN = 400 * MiB  # the CUDA/ROCm context and cuBLAS workspace
 GPU_COMPUTE_EXTRA = 64 * MiB  # per-GPU graph buffers beyond the activations
 
+# An RPC worker (llama.cpp's RPC backend) running some of the layers: each keeps its own
+# graph buffers, and the planner leaves it the same margin as the local side.
+RPC_COMPUTE_EXTRA = 64 * MiB
+
 # Process overhead: llama.cpp's vocabulary tables and llama-cpp-python's per-vocab arrays
 # (calibrated by bench/fit_accuracy.py), plus a fixed part.
 OVERHEAD_FIXED = 24 * MiB
@@ -441,3 +445,140 @@ def plan_gguf(header: "GGUFHeader", machine: "Machine", *, n_ctx: int | None = N
               n_gpu_layers: int | None = None, kv_type: str = "f16") -> Plan:
     return plan_shape(shape_from_gguf(header), machine, n_ctx=n_ctx,
                       n_gpu_layers=n_gpu_layers, kv_type=kv_type)
+
+
+# ---------------------------------------------------------------------------
+# Layers over RPC workers
+
+def worker_offer(free: int, total: int, *, gpu: bool) -> int:
+    """What `r1local worker` offers by default: the device's free memory less the margin
+    the planner leaves on a machine of its own (RAM or VRAM)."""
+    if gpu:
+        reserve = max(VRAM_RESERVE_MIN, int(total * VRAM_RESERVE_FRACTION))
+    else:
+        reserve = max(RAM_RESERVE_MIN, int(total * RAM_RESERVE_FRACTION))
+    return max(0, free - reserve)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One place of a split model: the blocks first..last (inclusive; none when last <
+    first) and whether the output matrix is there too."""
+
+    where: str  # "local CPU", "local GPU" or a worker's host:port
+    first: int
+    last: int
+    output: bool
+    bytes: int
+    budget: int
+
+    @property
+    def n_blocks(self) -> int:
+        return max(0, self.last - self.first + 1)
+
+    def describe(self) -> str:
+        if self.n_blocks == 0:
+            span = "output" if self.output else "no layers"
+        else:
+            span = f"layer {self.first}" if self.n_blocks == 1 else f"layers {self.first}-{self.last}"
+            span += " + output" if self.output else ""
+        where = self.where if self.where.startswith("local") else f"on {self.where}"
+        size = f" ({fmt_bytes(self.bytes)})" if not self.where.startswith("local") else ""
+        return f"{span} {where}{size}"
+
+
+@dataclass(frozen=True)
+class RpcSplit:
+    """Where each layer goes with RPC workers, and what llama.cpp is told for it."""
+
+    parts: tuple[Part, ...]  # in layer order: local CPU, the workers, the local GPU
+    n_gpu_layers: int        # llama.cpp's count: offloaded blocks, plus 1 for the output
+    tensor_split: tuple[float, ...]  # per llama.cpp device: the workers, then local GPUs
+    fits: bool
+    reason: str
+
+    def line(self) -> str:
+        return ", ".join(p.describe() for p in self.parts if p.n_blocks or p.output)
+
+
+def _worker_bytes(shape: ModelShape, blocks: range, output: bool, n_ctx: int, kv_type: str,
+                  flash: bool) -> int:
+    w = sum(shape.block_bytes[i] for i in blocks)
+    if output:
+        w += shape.embd_bytes if shape.tied else shape.out_bytes
+    kv = kv_cache_bytes(shape, n_ctx, kv_type, flash, len(blocks))
+    act = compute_bytes(shape, n_ctx, flash, with_logits=output) + RPC_COMPUTE_EXTRA
+    return w + kv + (act if len(blocks) or output else 0)
+
+
+def plan_rpc(shape: ModelShape, plan: Plan, workers: "list[tuple[str, int]]",
+             local_gpus: int = 0) -> RpcSplit:
+    """Spread the blocks the local plan keeps on the CPU over the local CPU and the
+    ``workers`` ((host:port, bytes offered) each), in proportion to the memory each has for
+    them. The local GPU keeps its layers (the last ones, as llama.cpp assigns them); the
+    workers take the blocks just before those, in the order given, and the last worker the
+    output matrix when no local GPU has it. llama.cpp lists RPC devices before local GPUs,
+    which is that same order."""
+    L = shape.n_layers
+    gpu_blocks = min(plan.n_gpu_layers, L) if local_gpus else 0
+    out_local_gpu = bool(local_gpus) and plan.n_gpu_layers > L
+    cpu_blocks = L - gpu_blocks
+    # the local CPU's room for blocks: its budget less what stays there whatever the split
+    # (the input embedding, the overhead, a micro-batch's buffers)
+    fixed = shape.embd_bytes + overhead_bytes(shape) + compute_bytes(shape, plan.n_ctx, plan.flash_attn)
+    local_room = max(0, plan.ram_budget - fixed)
+    per_block = [shape.block_bytes[i] + kv_cache_bytes(shape, plan.n_ctx, plan.kv_type,
+                                                       plan.flash_attn, 1) for i in range(L)]
+    budgets = [local_room] + [max(0, b) for _, b in workers]
+    total = sum(budgets) or 1
+    # blocks in proportion to the budgets, every worker at least one while blocks last
+    counts = [int(cpu_blocks * b / total) for b in budgets]
+    for j in range(1, len(counts)):
+        if counts[j] == 0 and budgets[j] > 0:
+            counts[j] = 1
+    while sum(counts) > cpu_blocks:  # take the surplus from the largest share
+        counts[counts.index(max(counts))] -= 1
+    while sum(counts) < cpu_blocks:  # and give what rounding left to the largest budget
+        counts[budgets.index(max(budgets))] += 1
+    parts: list[Part] = []
+    start = 0
+    fits, reason = True, ""
+    for j, n in enumerate(counts):
+        blocks = range(start, start + n)
+        if j == 0:
+            used = sum(per_block[i] for i in blocks) + fixed
+            part = Part("local CPU", start, start + n - 1, False, used, plan.ram_budget)
+            if used > plan.ram_budget:
+                fits, reason = False, (f"the {n} layers kept here need {fmt_bytes(used)}, more "
+                                       f"than the {fmt_bytes(plan.ram_budget)} RAM it may use")
+        else:
+            name, offer = workers[j - 1]
+            output = j == len(counts) - 1 and not out_local_gpu
+            used = _worker_bytes(shape, blocks, output, plan.n_ctx, plan.kv_type, plan.flash_attn)
+            part = Part(name, start, start + n - 1, output, used, offer)
+            if used > offer and fits:
+                fits, reason = False, (f"RPC worker {name} offers {fmt_bytes(offer)}, its "
+                                       f"{n} layers need {fmt_bytes(used)}")
+        parts.append(part)
+        start += n
+    if local_gpus and (gpu_blocks or out_local_gpu):
+        parts.append(Part("local GPU", start, L - 1, out_local_gpu, plan.vram_bytes, plan.vram_budget))
+    # llama.cpp's count runs over blocks and the output (index L); a layer il goes to the
+    # first device whose cumulative share exceeds (il - start) / count: put each boundary
+    # half a layer early, so float rounding cannot move a layer across it
+    worker_counts = counts[1:]
+    offloaded = sum(worker_counts) + gpu_blocks + (0 if out_local_gpu else 1) + (1 if out_local_gpu else 0)
+    device_counts = list(worker_counts)
+    if local_gpus:
+        device_counts.append(gpu_blocks + (1 if out_local_gpu else 0))
+    else:
+        device_counts[-1] += 1  # the output matrix goes with the last worker
+    shares, cum, prev = [], 0, 0.0
+    for k, c in enumerate(device_counts):
+        cum += c
+        edge = float(offloaded) if k == len(device_counts) - 1 else cum - 0.5
+        shares.append(max(0.0, edge - prev))
+        prev = edge
+    if not reason:
+        reason = "split over " + ", ".join(w for w, _ in workers) + " and this machine"
+    return RpcSplit(tuple(parts), offloaded, tuple(shares), fits, reason)

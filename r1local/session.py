@@ -4,8 +4,8 @@ quant of this variant for this machine".
 
 run, show, pull, hw and the server all come through here, so one reference gets the same
 file, the same plan and the same quant from every command. The pieces stay where they
-live (store resolves, ggufinfo reads, planner plans, engine loads); this module only
-wires them, in one order.
+live (store resolves, ggufinfo reads, planner plans, engine and embeddings load); this
+module only wires them, in one order.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from r1local.units import fmt_bytes
 
 if TYPE_CHECKING:
     from r1local.catalog import Catalog, Variant
+    from r1local.embeddings import Embedder
     from r1local.engine import Engine
     from r1local.ggufinfo import GGUFHeader
     from r1local.hardware import Machine
@@ -105,16 +106,11 @@ def plan_model(model: ModelFile, on: "Machine", *, ctx: int | None = None,
     return replace(plan, quant=model.quant)
 
 
-def open_model(ref: "str | ModelFile", *, ctx: int | None = None, gpu_layers: int | None = None,
-               threads: int | None = None, ram_limit: int | None = None, force: bool = False,
-               on: "Machine | None" = None, verbose: bool | None = None,
-               warn: Callable[[str], None] | None = None,
-               ) -> "tuple[Engine, Plan, StoredModel | None]":
-    """Resolve, plan and load a model. A plan that does not fit is refused with the fix,
-    unless ``force`` (then ``warn`` is told, and it loads anyway)."""
-    from r1local.engine import Engine
-
-    model = ref if isinstance(ref, ModelFile) else locate(ref)
+def _fitting_plan(model: ModelFile, on: "Machine | None", *, ctx: int | None,
+                  gpu_layers: int | None, threads: int | None, ram_limit: int | None,
+                  force: bool, warn: Callable[[str], None] | None) -> "Plan":
+    """The plan to load ``model`` with; one that does not fit is refused with the fix,
+    unless ``force`` (then ``warn`` is told)."""
     on = on or machine(ram_limit, model.path.parent)
     plan = plan_model(model, on, ctx=ctx, gpu_layers=gpu_layers)
     if threads is not None:
@@ -128,8 +124,48 @@ def open_model(ref: "str | ModelFile", *, ctx: int | None = None, gpu_layers: in
                                   "or add --force to load it anyway")
         if warn is not None:
             warn(f"{what}; loading it anyway (--force)")
+    return plan
+
+
+def open_model(ref: "str | ModelFile", *, ctx: int | None = None, gpu_layers: int | None = None,
+               threads: int | None = None, ram_limit: int | None = None, force: bool = False,
+               on: "Machine | None" = None, verbose: bool | None = None,
+               warn: Callable[[str], None] | None = None,
+               ) -> "tuple[Engine, Plan, StoredModel | None]":
+    """Resolve, plan and load a model for chat and completion. A plan that does not fit is
+    refused with the fix, unless ``force`` (then ``warn`` is told, and it loads anyway)."""
+    from r1local.engine import Engine
+    from r1local.errors import UsageError
+    from r1local.ggufinfo import ENCODER_ARCHITECTURES
+
+    model = ref if isinstance(ref, ModelFile) else locate(ref)
+    arch = model.header.architecture
+    if arch in ENCODER_ARCHITECTURES:
+        raise UsageError(f"{model.path.name} is an embedding model ({arch}): it cannot chat "
+                         "or complete text", hint="use it for embeddings: /api/embed or "
+                         "/v1/embeddings on `r1local serve`")
+    plan = _fitting_plan(model, on, ctx=ctx, gpu_layers=gpu_layers, threads=threads,
+                         ram_limit=ram_limit, force=force, warn=warn)
     engine = Engine.load(model.path, plan, verbose=verbose, header=model.header)
     return engine, plan, model.stored
+
+
+def open_embedder(ref: "str | ModelFile", *, ctx: int | None = None,
+                  threads: int | None = None, on: "Machine | None" = None,
+                  verbose: bool | None = None) -> "tuple[Embedder, Plan]":
+    """Resolve, plan and load a model for embeddings (embeddings.Embedder: its own llama.cpp
+    context, pooled as the model declares or by the mean): the same names, files, plan and
+    errors as open_model. ``ctx``: the longest input it takes (embeddings.embedding_ctx)."""
+    from r1local.embeddings import Embedder, embedding_ctx, pooling_for
+
+    model = ref if isinstance(ref, ModelFile) else locate(ref)
+    pooling = pooling_for(model.header)  # a reranker is refused before anything loads
+    n_ctx = embedding_ctx(model.header, ctx)
+    plan = _fitting_plan(model, on, ctx=n_ctx, gpu_layers=None, threads=threads,
+                         ram_limit=None, force=False, warn=None)
+    embedder = Embedder.load(model.path, plan, header=model.header, n_ctx=n_ctx,
+                             pooling=pooling, verbose=verbose)
+    return embedder, plan
 
 
 def pull_model(ref: str, *, quant: str | None = None, on: "Machine | None" = None,

@@ -429,8 +429,8 @@ class Store:
             folder = self.model_dir(key)  # a crafted key is refused here, before any change
             usable = _unusable(key, models[key]) is None
             model = self._from_record(key, models[key]) if usable else None
-            deleted = self._delete(model, folder)
             del models[key]
+            deleted = self._delete(model, folder, self._files_in_use(models))
             try:
                 self._write(models)
             except DiskSpaceError:
@@ -441,20 +441,78 @@ class Store:
                                           f"`r1local rm {key}` again") from None
         return model
 
-    def _delete(self, model: StoredModel | None, folder: Path) -> bool:
-        """Delete what the store holds of an entry; whether anything was deleted."""
+    def _files_in_use(self, models: dict[str, Any]) -> set[Path]:
+        """The resolved files the usable entries of ``models`` list."""
+        used: set[Path] = set()
+        for name, rec in models.items():
+            if _unusable(name, rec) is None:
+                used.update(Path(f).resolve() for f in self._from_record(name, rec).files)
+        return used
+
+    def _delete(self, model: StoredModel | None, folder: Path,
+                in_use: frozenset[Path] | set[Path] = frozenset()) -> bool:
+        """Delete what the store holds of an entry, except files another entry lists
+        (``in_use``); whether anything was deleted."""
         root = self.root.resolve()
         deleted = False
         if model is not None and not model.linked:
             for f in model.files:
                 p = Path(f)
+                if p.resolve() in in_use:
+                    continue
                 if p.resolve().is_relative_to(root) and _file_size(p) is not None:
                     p.unlink()  # never outside the store
                     deleted = True
-        if folder.is_dir() and folder.resolve().is_relative_to(root):
+        shared = any(u.is_relative_to(folder.resolve()) for u in in_use)
+        if folder.is_dir() and folder.resolve().is_relative_to(root) and not shared:
             shutil.rmtree(folder, ignore_errors=True)
             deleted = True
         return deleted
+
+    def copy(self, source: str, dest: str) -> StoredModel:
+        """A second name for a stored model, as an import named ``dest``. Its files are hard
+        links to the source's, so no byte is duplicated and either name can be removed
+        without the other losing a file; where the file system has no hard links they are
+        copied (after a disk-space check). A linked import's copy points at the same file."""
+        check_name(dest)
+        with self._locked():
+            models = self._read()
+            key = self._key(models, source)
+            if key is None or _unusable(key, models[key]) is not None:
+                raise self.unknown(source)
+            if self._key(models, dest) is not None:
+                raise UsageError(f"'{dest}' is already in the store",
+                                 hint="choose another name, or remove that one first")
+            src = self._from_record(key, models[key])
+            missing = [f for f in src.files if _file_size(f) is None]
+            if missing:
+                raise ModelFileError(f"{src.name} is in the store but {missing[0]} is gone")
+            files = src.files if src.linked else self._link_files(src.files, self.model_dir(dest))
+            model = replace(src, name=dest, tag=None, origin="import", files=files,
+                            added_at=_utcnow())
+            return self.add(model)
+
+    def _link_files(self, files: tuple[Path, ...], folder: Path) -> tuple[Path, ...]:
+        """Each of ``files`` in ``folder`` under its own name: a hard link, else a copy;
+        written as .partial and renamed, so a half-made file never has the final name."""
+        folder.mkdir(parents=True, exist_ok=True)
+        out = []
+        for f in files:
+            target = folder / Path(f).name
+            tmp = target.with_name(target.name + ".partial")
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(f, tmp)
+            except OSError:  # no hard links here (or across devices): a real copy
+                need, free = Path(f).stat().st_size, shutil.disk_usage(folder).free
+                if need > free:
+                    raise DiskSpaceError(f"copying {Path(f).name} needs {fmt_bytes(need)} but "
+                                         f"{folder} has {fmt_bytes(free)} free",
+                                         hint="free some space") from None
+                shutil.copyfile(f, tmp)
+            os.replace(tmp, target)
+            out.append(target)
+        return tuple(out)
 
     def import_file(self, src: Path, name: str, *, link: bool = False, quant: str | None = None,
                     sha256: str | None = None) -> StoredModel:

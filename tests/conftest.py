@@ -50,3 +50,12 @@ def loopback_hub(tmp_path):
     hub = LoopbackHub(tmp_path / "hub").start()
     yield hub
     hub.stop()
+
+
+@pytest.fixture(scope="session")
+def bert_embedder() -> Path:
+    """A tiny random BERT embedding GGUF (mean pooling declared), from a transformers
+    BertModel (tests/embedding_fixtures.py)."""
+    import embedding_fixtures
+
+    return embedding_fixtures.bert_gguf()

@@ -97,15 +97,16 @@ def _config_dict() -> dict:
     }
 
 
-def train_checkpoint(out: Path) -> Path:
-    """Train and save the HF checkpoint (config.json + model.safetensors) into ``out``."""
+def train_checkpoint(out: Path, texts: list[tuple[str, int]] | None = None) -> Path:
+    """Train and save the HF checkpoint (config.json + model.safetensors) into ``out``.
+    ``texts``: other (text, scored-from) data than conversations() (other fixtures)."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(SEED)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     tok = _tokenizer()
-    data = [_encode(tok, text, start) for text, start in conversations()]
+    data = [_encode(tok, text, start) for text, start in (texts or conversations())]
     tok.close()
     used = sorted({t for ids, _ in data for t in ids})
     remap = {t: i for i, t in enumerate(used)}

@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--json", action="store_true",
                      help="print one JSON object: thinking, answer and stats")
     out.add_argument("--verbose", action="store_true", help="llama.cpp's own log, and stats")
+    out.add_argument("--format", metavar="json|SCHEMA.json",
+                     help="the answer is JSON: `json` for any JSON object, or a JSON schema "
+                     "file it must match (the reasoning stays free)")
     load = parser.add_argument_group("loading (override the plan)")
     load.add_argument("--ctx", type=int, metavar="N", help="context length in tokens")
     load.add_argument("--gpu-layers", type=int, metavar="N", help="layers to offload to the GPU")
@@ -59,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from r1local.errors import UsageError
 
     ram_limit = _check_numbers(args)
+    grammar = _format_grammar(args.format)  # a bad schema is refused before any model loads
     tag, words = _split_tag(args.tag, args.prompt)
     prompt = " ".join(words)
     interactive = sys.stdin.isatty()
@@ -84,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     engine, plan, stored = load(args.ctx, args.force)
     try:
         settings = _settings(args)
+        settings.grammar = grammar
         if prompt.strip():
             return _one_shot(engine, plan, settings, prompt, args)
 
@@ -128,6 +133,14 @@ def _check_numbers(args: argparse.Namespace) -> int | None:
     from r1local.units import parse_size
 
     return parse_size(args.ram)
+
+
+def _format_grammar(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from r1local.structured import load_cli_format, schema_grammar
+
+    return schema_grammar(load_cli_format(value))
 
 
 def _split_tag(tag: str | None, prompt: list[str]) -> tuple[str | None, list[str]]:
@@ -233,7 +246,7 @@ def _one_shot(engine, plan, settings, prompt: str, args: argparse.Namespace) -> 
                 sys.stderr.flush()
                 shown_thinking = False
             answer.append(chunk.text)
-            if not args.json:
+            if not args.json and settings.grammar is None:  # JSON: printed once it is whole
                 sys.stdout.write(chunk.text)
                 sys.stdout.flush()
     if shown_thinking:
@@ -245,6 +258,14 @@ def _one_shot(engine, plan, settings, prompt: str, args: argparse.Namespace) -> 
                           "answer": "".join(answer), "finish_reason": st.finish_reason,
                           "stats": st.as_dict(), "plan": plan.as_dict()}, ensure_ascii=False))
         return 1 if cut_short else 0
+    if settings.grammar is not None:
+        if st.finish_reason in ("length", "loop", "cancelled"):
+            # the grammar holds only for a finished answer: a cut one is not valid JSON
+            print(f"r1local: error: the JSON answer was cut off ({st.finish_reason} after "
+                  f"{st.completion_tokens} tokens): give it more room (--max-tokens, --ctx)",
+                  file=sys.stderr)
+            return 1
+        sys.stdout.write("".join(answer))
     if answer:
         sys.stdout.write("\n")
         sys.stdout.flush()

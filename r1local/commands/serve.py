@@ -14,10 +14,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from r1local.server.config import (API_KEY_ENV, DEFAULT_HOST, DEFAULT_MAX_LOADED,
                                        DEFAULT_MAX_QUEUE, DEFAULT_PORT)
 
-    parser.add_argument("--host", default=DEFAULT_HOST,
-                        help=f"address to listen on (default {DEFAULT_HOST}: this machine only)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
-                        help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
+    parser.add_argument("--host", default=None,
+                        help=f"address to listen on (default {DEFAULT_HOST}: this machine "
+                        "only; or as R1LOCAL_HOST / OLLAMA_HOST say: host, host:port, "
+                        "http://host:port)")
+    parser.add_argument("--port", type=int, default=None,
+                        help=f"port (default {DEFAULT_PORT}, Ollama's, or R1LOCAL_HOST's / "
+                        "OLLAMA_HOST's; 0 picks a free one)")
     parser.add_argument("--model", metavar="TAG",
                         help="load this model at start and keep it loaded; requests that name "
                         "no model use it")
@@ -55,8 +58,9 @@ def run(args: argparse.Namespace) -> int:
     from r1local.server.config import API_KEY_ENV, ServerConfig, exposure_warning
     from r1local.units import parse_size
 
+    host, port = _address(args.host, args.port)
     config = ServerConfig(
-        host=args.host, port=args.port, model=args.model,
+        host=host, port=port, model=args.model,
         api_key=_api_key(args.api_key) or os.environ.get(API_KEY_ENV) or None,
         cors_origins=tuple(args.cors_origin), keep_alive=_keep_alive(args.keep_alive),
         max_queue=_at_least("--max-queue", args.max_queue, 0),
@@ -65,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         allow_hosts=tuple(args.allow_host), allow_paths=_folders(args.allow_paths),
         max_body=parse_size(args.max_body),
     )
-    _at_least("--port", args.port, 0)
+    _at_least("--port", port, 0)
     warning = exposure_warning(config.host, config.api_key)
     if warning:
         print(f"r1local: {warning}", file=sys.stderr, flush=True)
@@ -113,6 +117,21 @@ async def _serve(config, sock) -> int:
     finally:
         await app.state.manager.stop()
     return 0
+
+
+def _address(host: str | None, port: int | None) -> tuple[str, int]:
+    """--host / --port, else R1LOCAL_HOST or OLLAMA_HOST (as Ollama reads it), else
+    127.0.0.1:11434."""
+    from r1local.errors import UsageError
+    from r1local.server.config import DEFAULT_HOST, DEFAULT_PORT, address_from_env
+
+    try:
+        env = address_from_env(dict(os.environ))
+    except ValueError as err:
+        raise UsageError(str(err), hint="or give --host and --port") from None
+    env_host, env_port = (env[0], env[1]) if env else (DEFAULT_HOST, DEFAULT_PORT)
+    return (host if host is not None else env_host,
+            port if port is not None else env_port)
 
 
 def _check_model(name: str) -> None:

@@ -11,12 +11,13 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from r1local import __version__
-from r1local.server import ollama_api, openai_api
+from r1local.server import embeddings_api, ollama_api, openai_api
 from r1local.server.config import ServerConfig
-from r1local.server.errors import ApiError, body_for
+from r1local.server.errors import ApiError, body_for, headers_for
 from r1local.server.guards import ApiKeyMiddleware, BodyGuard, HostGuard
 from r1local.server.models import ModelManager
 from r1local.server.names import NamePolicy
+from r1local.server.unsupported import path_error
 
 
 def create_app(config: ServerConfig | None = None, manager: ModelManager | None = None) -> FastAPI:
@@ -42,6 +43,7 @@ def create_app(config: ServerConfig | None = None, manager: ModelManager | None 
     app.state.manager = manager
     app.include_router(ollama_api.router)
     app.include_router(openai_api.router)
+    app.include_router(embeddings_api.router)  # its lifespan keeps the embedding models
 
     @app.get("/")
     @app.head("/")
@@ -50,12 +52,17 @@ def create_app(config: ServerConfig | None = None, manager: ModelManager | None 
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError) -> JSONResponse:
-        return JSONResponse(body_for(request.url.path, err), status_code=err.status)
+        return JSONResponse(body_for(request.url.path, err), status_code=err.status,
+                            headers=headers_for(err))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
-        api = ApiError(err.status_code, str(err.detail))
-        return JSONResponse(body_for(request.url.path, api), status_code=err.status_code)
+        # no route matched: under /api/ and /v1/ that is an endpoint we lack (501), decided
+        # here rather than by a catch-all route, which would shadow routes added after it
+        api = (path_error(request.method, request.url.path) if err.status_code == 404
+               else None) or ApiError(err.status_code, str(err.detail))
+        return JSONResponse(body_for(request.url.path, api), status_code=api.status,
+                            headers=headers_for(api))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, err: Exception) -> JSONResponse:

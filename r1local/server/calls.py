@@ -52,21 +52,87 @@ def settings_from_openai(req: Any, max_tokens: int | None) -> Any:
     return s
 
 
+def output_grammar(kind: str, value: Any) -> str | None:
+    """The answer's grammar for Ollama's `format` (kind "format") or OpenAI's
+    `response_format`; None when the reply is free text. A schema the grammar cannot
+    enforce is a 400 naming what is unsupported, before any model is loaded."""
+    from r1local.structured import (SchemaError, from_ollama_format,
+                                    from_openai_response_format, schema_grammar)
+
+    read = from_ollama_format if kind == "format" else from_openai_response_format
+    try:
+        schema = read(value)
+        return schema_grammar(schema) if schema is not None else None
+    except SchemaError as err:
+        raise bad_request(err.message, param=kind) from None
+
+
+def tool_request(tools: Any, choice: Any) -> tuple[list[dict] | None, str | None]:
+    """(checked tool definitions or None, the choice: None for "auto", "required", or a
+    function's name). `tool_choice` "none" means: no tools in this reply."""
+    from r1local.tool_calls import ToolError, check_tools
+
+    if not tools or choice == "none":
+        return None, None
+    try:
+        checked = check_tools(tools)
+    except ToolError as err:
+        raise bad_request(str(err), param="tools") from None
+    if choice in (None, "auto"):
+        return checked, None
+    if choice == "required":
+        return checked, "required"
+    name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    if not isinstance(name, str) or name not in {t["function"]["name"] for t in checked}:
+        raise bad_request("tool_choice must be \"auto\", \"none\", \"required\" or "
+                          "{\"type\": \"function\", \"function\": {\"name\": NAME}} naming one of "
+                          "the tools", param="tool_choice")
+    return checked, name
+
+
+def message_calls(raw: Any, where: str) -> list[Any] | None:
+    """An assistant message's earlier tool_calls, as the engine takes them."""
+    from r1local.tool_calls import ToolError, calls_from_message
+
+    if not raw:
+        return None
+    try:
+        return calls_from_message(raw)
+    except ToolError as err:
+        raise bad_request(f"{where}: {err}", param=where) from None
+
+
+def openai_tool_calls(calls: list[Any]) -> list[dict]:
+    return [{"id": c.id, "type": "function",
+             "function": {"name": c.name, "arguments": c.arguments_json()}} for c in calls]
+
+
+def ollama_tool_calls(calls: list[Any]) -> list[dict]:
+    return [{"function": {"name": c.name, "arguments": c.arguments}} for c in calls]
+
+
 def chat_call(messages: list[dict], settings: Any, *, think: bool | None,
-              nothing: bool = False) -> EngineCall:
+              nothing: bool = False, tools: list[dict] | None = None,
+              tool_choice: str | None = None) -> EngineCall:
     """The engine call for a chat; `think` False asks a reasoning model to skip reasoning
-    (an empty `<think></think>`, as Ollama's R1 template does), True requires a reasoning model."""
+    (an empty `<think></think>`, as Ollama's R1 template does), True requires a reasoning model.
+    ``tools``: definitions from tool_request (the model must have a tool-call format)."""
 
     def make(engine: Any, cancel: threading.Event) -> Iterator[Any]:
         if think is True and not engine.is_reasoning:
             raise bad_request(f"'{engine.name}' does not support thinking", param="think")
+        if tools and engine.tool_family is None:
+            raise bad_request(f"'{engine.name}' does not support tools: its chat template has "
+                              "no tool-call format r1local knows (DeepSeek R1's, or Qwen3's "
+                              "<tool_call>)", param="tools")
         if think is False and engine.is_reasoning:
             settings.think_budget = 0
-        prompt = engine.format_chat(messages)  # what the engine tokenizes, history stripped
+        # what the engine tokenizes, history stripped
+        prompt = engine.format_chat(messages, tools=tools, tool_choice=tool_choice)
         refuse_huge_prompt(engine, prompt)
         if nothing:
             return NoTokens(engine, _check_fits(engine, prompt))
-        return engine.chat(messages, settings, cancel=cancel)
+        return engine.chat(messages, settings, cancel=cancel, tools=tools, tool_choice=tool_choice)
 
     return make
 

@@ -8,8 +8,12 @@ import re
 from dataclasses import dataclass
 
 DEFAULT_HOST = "127.0.0.1"
-# Ollama's own port is 11434; ours is the next one so both can run side by side.
-DEFAULT_PORT = 11435
+# Ollama's own port: every Ollama client (and the OpenAI clients' Ollama recipes) looks
+# there with no setup. To run beside Ollama, give one of them another port.
+DEFAULT_PORT = 11434
+# where to listen, as Ollama reads OLLAMA_HOST: "host", "host:port", ":port",
+# "http://host:port"; R1LOCAL_HOST wins over OLLAMA_HOST, --host/--port over both
+HOST_ENVS = ("R1LOCAL_HOST", "OLLAMA_HOST")
 DEFAULT_KEEP_ALIVE = 300.0  # seconds (Ollama's default: 5m)
 DEFAULT_MAX_QUEUE = 512  # requests waiting per model (Ollama's OLLAMA_MAX_QUEUE default)
 DEFAULT_MAX_LOADED = 3  # models kept loaded at once (Ollama's CPU default)
@@ -70,6 +74,44 @@ def parse_duration(value: object) -> float:
     if not body or pos != len(body):
         raise ValueError(f"keep_alive {value!r} is not a duration (use e.g. \"5m\", \"30s\", \"1h\", 0 or -1)")
     return sign * total
+
+
+def parse_host(value: str, what: str = "OLLAMA_HOST") -> tuple[str, int]:
+    """(host, port) from an OLLAMA_HOST-style address; ValueError says what is wrong.
+    A missing host is Ollama's 127.0.0.1, a missing port its 11434 (443 for https)."""
+    text = value.strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "http", text
+    if scheme.lower() not in ("http", "https"):
+        raise ValueError(f"{what}={value!r}: use host, host:port or http://host:port")
+    rest = rest.split("/", 1)[0]
+    default_port = 443 if scheme.lower() == "https" else DEFAULT_PORT
+    if rest.startswith("["):  # [::1]:port
+        end = rest.find("]")
+        host, tail = rest[1:end], rest[end + 1:]
+        port_text = tail[1:] if tail.startswith(":") else ""
+    elif rest.count(":") == 1:
+        host, port_text = rest.split(":")
+    else:  # a bare name, or a bare IPv6 address
+        host, port_text = rest, ""
+    try:
+        port = int(port_text) if port_text else default_port
+    except ValueError:
+        raise ValueError(f"{what}={value!r}: the port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{what}={value!r}: the port must be 0-65535")
+    return host or DEFAULT_HOST, port
+
+
+def address_from_env(environ: dict[str, str]) -> tuple[str, int, str] | None:
+    """(host, port, the variable it came from) from R1LOCAL_HOST or OLLAMA_HOST, if set."""
+    for name in HOST_ENVS:
+        value = environ.get(name, "").strip()
+        if value:
+            host, port = parse_host(value, name)
+            return host, port, name
+    return None
 
 
 def is_loopback(host: str) -> bool:

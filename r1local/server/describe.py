@@ -10,7 +10,7 @@ import functools
 import hashlib
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from r1local.reasoning import THINK_OPEN, is_reasoning_model
 
@@ -77,8 +77,42 @@ def digest(path: Path, stored: Any = None) -> str:
     return facts(path)["digest"]
 
 
+def _encoder(f: dict[str, Any]) -> bool:
+    from r1local.ggufinfo import ENCODER_ARCHITECTURES
+
+    return f["arch"] in ENCODER_ARCHITECTURES  # BERT and kin: they cannot complete text
+
+
+def _embeds(f: dict[str, Any]) -> bool:
+    """A model built to embed (its header declares a pooling, or it is an encoder); chat
+    models embed too, by the mean, but are not listed as embedding models, as Ollama does
+    not list them."""
+    from r1local.embeddings import embeds_by_design
+
+    return _encoder(f) or embeds_by_design(f["arch"], f["model_info"])
+
+
+# Ollama's capability names -> the rule over a model's header facts (facts()), in the order
+# /api/show lists them. Add a capability here, and only once the server really serves it.
+CAPABILITIES: dict[str, Callable[[dict[str, Any]], bool]] = {
+    "completion": lambda f: not _encoder(f),
+    "thinking": lambda f: not _encoder(f) and bool(f["reasoning"]),
+    "embedding": _embeds,
+    # a chat template in a tool-call format r1local parses (r1local.tool_calls.FAMILIES)
+    "tools": lambda f: not _encoder(f) and _tool_family(f["template"]) is not None,
+}
+
+
+def _tool_family(template: str) -> Any:
+    from r1local.tool_calls import family_of
+
+    return family_of(template)
+
+
 def capabilities(path: Path) -> list[str]:
-    return ["completion", "thinking"] if facts(path)["reasoning"] else ["completion"]
+    """The one place capabilities are computed: the CAPABILITIES rules that hold."""
+    f = facts(path)
+    return [name for name, holds in CAPABILITIES.items() if holds(f)]
 
 
 def modified_at(path: Path, stored: Any = None) -> str:

@@ -17,6 +17,7 @@ OPENAI_TYPES = {
     413: "invalid_request_error",
     415: "invalid_request_error",
     500: "server_error",
+    501: "invalid_request_error",  # what OpenAI answers for a parameter it does not take
     503: "overloaded_error",
     507: "server_error",
 }
@@ -40,6 +41,12 @@ def bad_request(message: str, *, code: str | None = None, param: str | None = No
 
 def not_found(message: str) -> ApiError:
     return ApiError(404, message, code="model_not_found")
+
+
+def headers_for(err: ApiError) -> dict[str, str]:
+    """Response headers an error needs: openai's client retries 5xx answers unless told
+    not to, and a 501 says the same thing however often it is asked."""
+    return {"x-should-retry": "false"} if err.status == 501 else {}
 
 
 def ollama_body(err: ApiError) -> dict[str, Any]:

@@ -6,6 +6,11 @@
   share one.
 - Each model has a FIFO queue (asyncio.Lock wakes waiters in order): none is lost; when
   `max_queue` requests already wait, the next gets 503.
+- A request's context never changes what later requests get: a num_ctx no larger than the
+  loaded context runs inside it, bounded to num_ctx (window()); a larger one reloads with
+  it. A request without num_ctx is bounded to the model's default context (--ctx, else the
+  planner's), whatever context an earlier request made it load with. /api/ps shows the
+  context really loaded.
 - After a request the model stays loaded for its keep_alive (Ollama semantics: < 0 forever,
   0 unload now); the sweeper unloads expired idle models. Loading beyond `max_loaded`
   evicts the least recently used idle model.
@@ -21,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from r1local.planner import pad_ctx
 from r1local.server.errors import ApiError, from_r1local, not_found
-from r1local.server.names import NamePolicy, shown
+from r1local.server.names import NamePolicy, canonical, shown
 
 if TYPE_CHECKING:
     from r1local.engine import Engine
@@ -49,6 +54,7 @@ class Loaded:
     expires_at: float | None = None  # time.monotonic(); None while in use or kept forever
     keep_alive: float = 300.0
     pinned: bool = False  # the --model given at start: never expires
+    default_ctx: int = 0  # the context a request without num_ctx gets (<= engine.n_ctx)
 
     @property
     def size(self) -> int:
@@ -116,6 +122,14 @@ def _load_error(err: Exception, n_ctx: int | None) -> ApiError:
     return from_r1local(err)
 
 
+def planned_ctx(model: "ModelFile") -> int:
+    """The context the planner gives this model on this machine now (blocking)."""
+    from r1local import session
+
+    plan = session.plan_model(model, session.machine(None, model.path.parent))
+    return pad_ctx(int(plan.n_ctx))
+
+
 def load_engine(model: "ModelFile", n_ctx: int | None,
                 n_threads: int | None = None) -> tuple["Engine", Any]:
     """Load with the planner's settings (blocking)."""
@@ -177,6 +191,7 @@ class ModelManager:
     # ---- the queue ---------------------------------------------------------------------
 
     async def resolve(self, name: str) -> "ModelFile":
+        name = canonical(name)  # "micro:latest" is "micro"
         if name:
             self.names.check(name)  # before the loaded models: a path must be allowed too
         for slot in self.loaded.values():  # a name already loaded: no disk look-up
@@ -203,17 +218,16 @@ class ModelManager:
             raise
         try:
             queued = time.monotonic() - t0
-            want = n_ctx or self.n_ctx
-            want_ctx = pad_ctx(want) if want else None
             slot = self.loaded.get(key)
             load_seconds = 0.0
-            if slot is not None and want_ctx and slot.engine.n_ctx != want_ctx:
-                await self._close(key)  # Ollama reloads for another num_ctx
+            if slot is not None and n_ctx and pad_ctx(n_ctx) > slot.engine.n_ctx:
+                await self._close(key)  # a larger num_ctx reloads; a smaller one runs inside
                 slot = None
             if slot is None:
                 await self._make_room(key)
                 t1 = time.monotonic()
                 try:
+                    default, want_ctx = await asyncio.to_thread(self._load_ctx, res, n_ctx)
                     engine, plan = await asyncio.to_thread(load_engine, res, want_ctx,
                                                            self.n_threads)
                 except ApiError:
@@ -222,9 +236,10 @@ class ModelManager:
                     raise _load_error(err, n_ctx) from None
                 load_seconds = time.monotonic() - t1
                 now = time.monotonic()
-                slot = Loaded(key=key, name=name, model=res,
+                slot = Loaded(key=key, name=canonical(name), model=res,
                               engine=engine, plan=plan, loaded_at=time.time(), last_used=now,
-                              keep_alive=self.keep_alive)
+                              keep_alive=self.keep_alive,
+                              default_ctx=min(default or engine.n_ctx, engine.n_ctx))
                 self.loaded[key] = slot
                 self.loads += 1
             slot.expires_at = None  # in use
@@ -233,6 +248,24 @@ class ModelManager:
             q.pending -= 1
             q.lock.release()
             raise
+
+    def _load_ctx(self, res: "ModelFile", n_ctx: int | None) -> tuple[int | None, int | None]:
+        """(the model's default context, the context to load with; None: the planner's).
+        A num_ctx below the default loads the default, so that the next request without
+        num_ctx needs no reload."""
+        default = pad_ctx(self.n_ctx) if self.n_ctx else None
+        if not n_ctx:
+            return default, default
+        if default is None:
+            default = planned_ctx(res)
+        return default, max(default, pad_ctx(n_ctx))
+
+    def window(self, engine: "Engine", n_ctx: int | None) -> int:
+        """The context one request may use on a loaded engine: its num_ctx, else the
+        model's default, never more than is loaded."""
+        slot = next((s for s in self.loaded.values() if s.engine is engine), None)
+        want = n_ctx or (slot.default_ctx if slot is not None else 0) or engine.n_ctx
+        return min(want, engine.n_ctx)
 
     def release(self, lease: Lease, keep_alive: float | None = None) -> None:
         """End a request: set the model's expiry, wake the next in line. Runs on the loop."""
@@ -258,7 +291,10 @@ class ModelManager:
 
     async def unload(self, name: str) -> bool:
         """Unload now (keep_alive 0 with no prompt). False when it was not loaded."""
-        key = key_of(await self.resolve(name))
+        return await self.unload_key(key_of(await self.resolve(name)))
+
+    async def unload_key(self, key: str) -> bool:
+        """Unload the engine of this file once no request uses it; False when not loaded."""
         if key not in self.loaded:
             return False
         q = self._queues.setdefault(key, _Queue())

@@ -14,8 +14,26 @@ from dataclasses import dataclass
 from typing import Any
 
 from r1local.server.errors import ApiError, bad_request
-from r1local.store import MAX_NAME  # a longer name can name nothing in the store
+from r1local.store import MAX_NAME, looks_like_path  # MAX_NAME: no longer name is stored
 
+
+
+# Ollama's default tag: "micro" and "micro:latest" name one model, and clients send the latter
+LATEST = ":latest"
+
+
+def canonical(name: str) -> str:
+    """The name the store and catalog know: "micro:latest" -> "micro". A path is left as it
+    is (a file may end in ":latest"), and so is any other tag ("7b:Q4_K_M")."""
+    text = name.strip()
+    if text.lower().endswith(LATEST) and len(text) > len(LATEST) and not looks_like_path(text):
+        return text[: -len(LATEST)]
+    return name
+
+
+def listed(name: str) -> str:
+    """A name as Ollama lists it: a plain name gets ":latest", a tagged name or a path not."""
+    return name if ":" in name or looks_like_path(name) else name + LATEST
 
 
 def _real(path: str) -> str:

@@ -1,4 +1,4 @@
-"""OpenAI's API: /v1/chat/completions, /v1/completions, /v1/models.
+"""OpenAI's API: /v1/chat/completions, /v1/completions, /v1/models, /v1/models/{id}.
 
 The reasoning goes into `reasoning_content` (`delta.reasoning_content` when streaming), as
 DeepSeek's own API does, and `content` holds only the answer. Streams are SSE ending in
@@ -17,14 +17,23 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from r1local.server import streaming
-from r1local.server.calls import (chat_call, completion_call, finish_reason,
-                                  settings_from_openai)
-from r1local.server.errors import bad_request, openai_body
+from r1local.server.calls import (finish_reason, message_calls, openai_tool_calls,
+                                  output_grammar, settings_from_openai, tool_request)
+from r1local.server.errors import ApiError, bad_request, openai_body
+from r1local.server.names import canonical, listed, shown
 from r1local.server.schemas import (ChatCompletionRequest, CompletionRequest, message_text,
                                     parse)
+from r1local.server.unsupported import not_implemented, refuse_openai
+from r1local.server.window import OPENAI_REFUSAL, windowed_chat, windowed_completion
+from r1local.tool_calls import ToolStream, split_reply
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 OWNER = "r1local"
+# reasoning_effort -> the thinking budget in tokens (GenerationSettings.think_budget):
+# "none" skips the reasoning, "high" leaves it bounded only by the context's answer reserve
+REASONING_EFFORT: dict[str, int | None] = {
+    "none": 0, "minimal": 256, "low": 1024, "medium": 4096, "high": None,
+}
 
 router = APIRouter()
 
@@ -48,28 +57,41 @@ def _model_name(request: Request, name: str) -> str:
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Any:
-    req = parse(ChatCompletionRequest, await request.body())
-    if req.tools:
-        raise bad_request("tools are not supported by these models", param="tools")
+    raw = await request.body()
+    req = parse(ChatCompletionRequest, raw)
+    refuse_openai(raw)
+    tools, tool_choice = tool_request(req.tools, req.tool_choice)
     name = _model_name(request, req.model)
     settings = settings_from_openai(req, req.max_completion_tokens or req.max_tokens)
+    settings.grammar = output_grammar("response_format", req.response_format)
     messages = [{"role": "system" if m.role == "developer" else m.role,
-                 "content": message_text(m.content)} for m in req.messages]
-    gen = await streaming.start(request.app.state.manager, request, name,
-                                chat_call(messages, settings, think=None),
-                                keep_alive=None, n_ctx=None)
+                 "content": message_text(m.content),
+                 **({"tool_calls": message_calls(m.tool_calls, f"messages[{i}].tool_calls")}
+                    if m.tool_calls else {})} for i, m in enumerate(req.messages)]
+    manager = request.app.state.manager
+    make = windowed_chat(manager, messages, settings, n_ctx=None, truncate=False, think=None,
+                         refusal=OPENAI_REFUSAL, tools=tools, tool_choice=tool_choice)
+    if req.reasoning_effort is not None:
+        settings.think_budget = REASONING_EFFORT[req.reasoning_effort]
+        make = _reasoning_only(make, req.reasoning_effort)
+    gen = await streaming.start(manager, request, name, make, keep_alive=None, n_ctx=None)
     cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     reasoning = gen.lease.engine.is_reasoning
+    # calls are looked for only when tools were offered: else the answer is all content
+    family = gen.lease.engine.tool_family if tools else None
 
     if not req.stream:
         out = await gen.collect()
-        message: dict[str, Any] = {"role": "assistant", "content": out.answer}
+        content, calls = split_reply(family, out.answer)
+        message: dict[str, Any] = {"role": "assistant", "content": content}
         if reasoning:
             message["reasoning_content"] = out.thinking
+        if calls:
+            message.update(content=content or None, tool_calls=openai_tool_calls(calls))
         return JSONResponse({
             "id": cid, "object": "chat.completion", "created": created, "model": name,
             "choices": [{"index": 0, "message": message, "logprobs": None,
-                         "finish_reason": finish_reason(out.stats)}],
+                         "finish_reason": "tool_calls" if calls else finish_reason(out.stats)}],
             "usage": _usage(out)})
 
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -84,20 +106,43 @@ async def chat_completions(request: Request) -> Any:
             body["usage"] = None
         return body
 
+    def content_delta(text: str) -> dict:
+        return chunk({"content": text, "reasoning_content": None} if reasoning else {"content": text})
+
     async def events() -> AsyncIterator[bytes]:
         yield _sse(chunk({"role": "assistant", "content": ""}))
+        calls_out = ToolStream(family)  # text that may be a call is held back
         async for c in gen.chunks():
             if c.kind == "thinking":
                 yield _sse(chunk({"content": None, "reasoning_content": c.text}))
-            else:
-                yield _sse(chunk({"content": c.text, "reasoning_content": None}
-                                 if reasoning else {"content": c.text}))
-        async for event in _stream_end(gen, lambda out: chunk({}, finish_reason(out.stats)),
-                                       usage_head if include_usage else None):
+            elif (text := calls_out.feed(c.text)):
+                yield _sse(content_delta(text))
+        rest, calls = calls_out.finish()
+        if rest:
+            yield _sse(content_delta(rest))
+        if calls:
+            yield _sse(chunk({"tool_calls": [{"index": i, **call} for i, call
+                                             in enumerate(openai_tool_calls(calls))]}))
+        async for event in _stream_end(
+                gen, lambda out: chunk({}, "tool_calls" if calls else finish_reason(out.stats)),
+                usage_head if include_usage else None):
             yield event
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache"})
+
+
+def _reasoning_only(make: Any, effort: str) -> Any:
+    """reasoning_effort on a model that does not reason is refused, not ignored."""
+
+    def checked(engine: Any, cancel: Any) -> Any:
+        if not engine.is_reasoning:
+            raise bad_request(f"'{engine.name}' is not a reasoning model: reasoning_effort "
+                              f"{effort!r} cannot apply (leave it out)",
+                              param="reasoning_effort")
+        return make(engine, cancel)
+
+    return checked
 
 
 async def _stream_end(gen: Any, final: Any, usage_head: dict | None) -> AsyncIterator[bytes]:
@@ -115,18 +160,23 @@ async def _stream_end(gen: Any, final: Any, usage_head: dict | None) -> AsyncIte
 
 @router.post("/v1/completions")
 async def completions(request: Request) -> Any:
-    req = parse(CompletionRequest, await request.body())
+    raw = await request.body()
+    req = parse(CompletionRequest, raw)
+    refuse_openai(raw)
     prompt = req.prompt
     if isinstance(prompt, list):
         if len(prompt) != 1:
             raise bad_request("give one prompt (a string, or a list of one)", param="prompt")
         prompt = prompt[0]
     if req.echo:
-        raise bad_request("echo is not supported", param="echo")
+        raise not_implemented("echo is not supported by r1local", param="echo")
     name = _model_name(request, req.model)
     settings = settings_from_openai(req, req.max_tokens or COMPLETIONS_DEFAULT_MAX_TOKENS)
-    gen = await streaming.start(request.app.state.manager, request, name,
-                                completion_call(prompt, settings), keep_alive=None, n_ctx=None)
+    manager = request.app.state.manager
+    gen = await streaming.start(manager, request, name,
+                                windowed_completion(manager, prompt, settings, n_ctx=None,
+                                                    hint=OPENAI_REFUSAL),
+                                keep_alive=None, n_ctx=None)
     cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
     def body(text: str, finish: str | None) -> dict:
@@ -153,19 +203,39 @@ async def completions(request: Request) -> Any:
                              headers={"Cache-Control": "no-cache"})
 
 
-@router.get("/v1/models")
-async def models(request: Request) -> dict:
+def _model_entries(request: Request) -> list[dict]:
+    """Every model as OpenAI lists one (blocking); ids as /api/tags names them."""
     from r1local.server.ollama_api import known_models
 
-    def build() -> list[dict]:
-        out = []
-        for m in known_models(request):
-            try:
-                created = int(m["path"].stat().st_mtime)
-            except OSError:
-                continue
-            out.append({"id": m["name"], "object": "model", "created": created,
-                        "owned_by": OWNER})
-        return out
+    out = []
+    for m in known_models(request):
+        try:
+            created = int(m["path"].stat().st_mtime)
+        except OSError:
+            continue
+        out.append({"id": listed(m["name"]), "object": "model", "created": created,
+                    "owned_by": OWNER})
+    return out
 
-    return {"object": "list", "data": await asyncio.to_thread(build)}
+
+@router.get("/v1/models")
+async def models(request: Request) -> dict:
+    return {"object": "list", "data": await asyncio.to_thread(_model_entries, request)}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def model(request: Request, model_id: str) -> dict:
+    """One model: listed under this id or its other spelling ("micro" / "micro:latest");
+    any other name the server would load (a catalog tag pulled under its quant's name)."""
+    want = canonical(model_id).lower()
+    entries = await asyncio.to_thread(_model_entries, request)
+    hit = next((e for e in entries if canonical(e["id"]).lower() == want), None)
+    if hit is None:
+        try:
+            res = await request.app.state.manager.resolve(model_id)
+            created = int(res.path.stat().st_mtime)
+        except (ApiError, OSError):
+            raise ApiError(404, f"the model '{shown(model_id)}' does not exist (GET /v1/models "
+                           "lists them)", code="model_not_found", param="model") from None
+        hit = {"id": model_id, "object": "model", "created": created, "owned_by": OWNER}
+    return hit

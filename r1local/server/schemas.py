@@ -59,7 +59,8 @@ class OllamaMessage(_Body):
     content: str = ""
     thinking: str | None = None
     images: list[Any] | None = None
-    tool_calls: list[Any] | None = None
+    tool_calls: list[Any] | None = None  # r1local.tool_calls.calls_from_message reads them
+    tool_name: str | None = None
 
 
 class _OllamaCommon(_Body):
@@ -69,6 +70,7 @@ class _OllamaCommon(_Body):
     keep_alive: Union[str, int, float, None] = None
     think: Think = None
     format: Any = None
+    truncate: bool = True  # False: a prompt longer than the context is a 400, no turn dropped
 
 
 class GenerateRequest(_OllamaCommon):
@@ -90,6 +92,16 @@ class ShowRequest(_Body):
     verbose: bool = False
 
 
+class DeleteRequest(_Body):
+    model: str = ""
+    name: str = ""  # older clients
+
+
+class CopyRequest(_Body):
+    source: str = ""
+    destination: str = ""
+
+
 class PullRequest(_Body):
     model: str = ""
     name: str = ""  # older clients
@@ -108,6 +120,8 @@ class OpenAIMessage(_Body):
     content: Union[str, list[TextPart], None] = None
     reasoning_content: str | None = None
     name: str | None = None
+    tool_calls: list[Any] | None = None  # r1local.tool_calls.calls_from_message reads them
+    tool_call_id: str | None = None
 
 
 class StreamOptions(_Body):
@@ -125,10 +139,17 @@ class _OpenAICommon(Sampling):
     presence_penalty: float | None = None
 
 
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high"]
+
+
 class ChatCompletionRequest(_OpenAICommon):
     messages: list[OpenAIMessage] = Field(min_length=1)
+    reasoning_effort: ReasoningEffort | None = None  # a thinking budget (openai_api)
     max_completion_tokens: int | None = Field(None, ge=1)
-    tools: list[Any] | None = None
+    tools: list[Any] | None = None  # checked by r1local.tool_calls.check_tools
+    tool_choice: Any = None  # "auto" | "none" | "required" | {"type": "function", ...}
+    parallel_tool_calls: bool | None = None
+    response_format: Any = None  # checked by r1local.structured (text / json_object / json_schema)
 
 
 class CompletionRequest(_OpenAICommon):
