@@ -120,7 +120,10 @@ def llama_ftype(quant: str) -> int:
     return int(getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant}"))
 
 
-def _in_process(src: Path, dst: Path, quant: str, threads: int | None) -> None:
+def run_quantizer(src: Path, dst: Path, quant: str, threads: int | None, *,
+                  dry_run: bool = False) -> tuple[int, str]:
+    """llama.cpp's llama_model_quantize in this process: (return code, its log). The log
+    (dozens of lines a run) is kept for the caller, not printed."""
     import ctypes
 
     import llama_cpp
@@ -129,7 +132,7 @@ def _in_process(src: Path, dst: Path, quant: str, threads: int | None) -> None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_ftype(quant)
     params.nthread = threads or os.cpu_count() or 1
-    # llama.cpp's log (dozens of lines per run) is kept for the error message, not printed
+    params.dry_run = dry_run
     log: list[str] = []
 
     @llama_cpp.llama_log_callback
@@ -141,8 +144,13 @@ def _in_process(src: Path, dst: Path, quant: str, threads: int | None) -> None:
         rc = int(llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params))
     finally:  # llama-cpp-python's own logger again, for the rest of the process
         llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+    return rc, "".join(log)
+
+
+def _in_process(src: Path, dst: Path, quant: str, threads: int | None) -> None:
+    rc, log = run_quantizer(src, dst, quant, threads)
     if rc != 0:
-        reason = failure_reason("".join(log)) or f"code {rc}"
+        reason = failure_reason(log) or f"code {rc}"
         raise ConvertError(f"llama.cpp's quantizer failed making {quant}: {_clip(reason)}")
 
 

@@ -40,34 +40,16 @@ def plan_types(kvs: list[KV], slots: list[TensorSlot], quant: str, scratch: Path
                threads: int | None = None) -> dict[str, str]:
     """Tensor name -> the type llama.cpp's quantizer gives it for ``quant``, from a dry run
     over a skeleton of the intermediate ``slots`` (written at ``scratch``, then removed)."""
-    import llama_cpp
-    from llama_cpp import _logger
-
-    from quantize.llamaquant import failure_reason, llama_ftype
+    from quantize.llamaquant import failure_reason, run_quantizer
 
     try:
         with open(scratch, "wb") as f:
             writer = GGUFStreamWriter(f, kvs, slots)
             f.truncate(f.tell() + writer.data_bytes)  # a hole: llama.cpp's dry run reads none of it
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = llama_ftype(quant)
-        params.nthread = threads or os.cpu_count() or 1
-        params.dry_run = True
-        log: list[str] = []
-
-        @llama_cpp.llama_log_callback
-        def keep(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-            log.append(text.decode("utf-8", "replace"))
-
-        llama_cpp.llama_log_set(keep, ctypes.c_void_p(0))
-        try:
-            rc = int(llama_cpp.llama_model_quantize(str(scratch).encode(), os.devnull.encode(), params))
-        finally:
-            llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+        rc, text = run_quantizer(scratch, Path(os.devnull), quant, threads, dry_run=True)
     finally:
         with suppress(OSError):
             scratch.unlink()
-    text = "".join(log)
     if rc != 0:
         raise ConvertError(f"llama.cpp's quantizer refused {quant}: {failure_reason(text) or f'code {rc}'}")
     types: dict[str, str] = {}

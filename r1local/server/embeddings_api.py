@@ -28,10 +28,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from r1local.planner import MIN_CTX
-from r1local.server.config import parse_duration
 from r1local.server.errors import ApiError, bad_request, from_r1local
 from r1local.server.limits import MAX_NUM_CTX
 from r1local.server.models import key_of
+from r1local.server.ollama_api import keep_alive_seconds
 from r1local.server.schemas import parse
 
 if TYPE_CHECKING:
@@ -228,15 +228,6 @@ def _client_error(err: Exception, param: str) -> ApiError:
     return api
 
 
-def _keep_alive(value: Any) -> float | None:
-    if value is None:
-        return None
-    try:
-        return parse_duration(value)
-    except ValueError as err:
-        raise bad_request(str(err), param="keep_alive") from None
-
-
 @dataclass
 class Result:
     vectors: list[np.ndarray]  # raw pooled vectors
@@ -291,7 +282,7 @@ async def embed(request: Request) -> JSONResponse:
     inputs = req.input if isinstance(req.input, list) else [req.input] if req.input else []
     res = await _embed(request, req.model, inputs, truncate=req.truncate,
                        n_ctx=req.options.num_ctx if req.options else None,
-                       keep_alive=_keep_alive(req.keep_alive), dimensions=req.dimensions)
+                       keep_alive=keep_alive_seconds(req.keep_alive), dimensions=req.dimensions)
     return JSONResponse({
         "model": req.model or (request.app.state.config.model or ""),
         "embeddings": [v.tolist() for v in _unit(res.vectors, req.dimensions)],
@@ -305,7 +296,7 @@ async def embeddings_legacy(request: Request) -> JSONResponse:
     req = parse(LegacyEmbeddingsRequest, await request.body())
     res = await _embed(request, req.model, [req.prompt] if req.prompt else [], truncate=True,
                        n_ctx=req.options.num_ctx if req.options else None,
-                       keep_alive=_keep_alive(req.keep_alive))
+                       keep_alive=keep_alive_seconds(req.keep_alive))
     return JSONResponse({"embedding": res.vectors[0].tolist() if res.vectors else []})
 
 

@@ -41,7 +41,8 @@ def _ns(seconds: float) -> int:
     return int(max(0.0, seconds) * 1e9)
 
 
-def _keep_alive(value: Any) -> float | None:
+def keep_alive_seconds(value: Any) -> float | None:
+    """Ollama's keep_alive field (seconds or a duration string) in seconds; a bad one is a 400."""
     if value is None:
         return None
     try:
@@ -141,7 +142,7 @@ async def generate(request: Request) -> Any:
     req = parse(GenerateRequest, raw)
     refuse_ollama(raw)
     name = _model_name(request, req.model)
-    keep_alive = _keep_alive(req.keep_alive)
+    keep_alive = keep_alive_seconds(req.keep_alive)
     _unsupported(req)
     if not req.prompt and not req.system:
         return await _load_only(request, name, keep_alive, {"response": ""})
@@ -176,7 +177,7 @@ async def chat(request: Request) -> Any:
     req = parse(ChatRequest, raw)
     refuse_ollama(raw)
     name = _model_name(request, req.model)
-    keep_alive = _keep_alive(req.keep_alive)
+    keep_alive = keep_alive_seconds(req.keep_alive)
     _unsupported(req)
     empty_message = {"message": {"role": "assistant", "content": ""}}
     if not req.messages:
