@@ -144,8 +144,10 @@ case "$BACKEND" in
   hip)    has_hipcc || die "--backend hip needs ROCm (hipcc)"; BACKEND_ARGS="-DGGML_HIP=on" ;;
   vulkan) BACKEND_ARGS="-DGGML_VULKAN=on" ;;
 esac
-# LLAVA_BUILD=OFF: llama-cpp-python's multimodal library (mtmd), which r1local never loads
-export CMAKE_ARGS="$BACKEND_ARGS -DLLAVA_BUILD=OFF ${CMAKE_ARGS:-}"
+# LLAVA_BUILD=OFF: llama-cpp-python's multimodal library (mtmd), which r1local never loads.
+# GGML_RPC=ON: llama.cpp's RPC backend (libggml-rpc, client and server), for every backend:
+# what `r1local worker` and `--rpc` use to spread one model over several machines.
+export CMAKE_ARGS="$BACKEND_ARGS -DGGML_RPC=ON -DLLAVA_BUILD=OFF ${CMAKE_ARGS:-}"
 # ccache, when the machine has it, makes a rebuild (--rebuild, a new cache key) quick; it does
 # not change what is built, so it stays out of the cache key
 LAUNCHER=""

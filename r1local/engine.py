@@ -125,6 +125,7 @@ class Engine:
 
     def __init__(self) -> None:  # use Engine.load
         self.last_stats = None
+        self.rpc_split: Any = None  # planner.RpcSplit when loaded over RPC workers (session)
         self._llm: Any = None
         self._one: Any = None  # the single-token batch of the decode loop
 
@@ -134,9 +135,12 @@ class Engine:
     def load(cls, path: Path | str, plan: "Plan | None" = None, *, n_ctx: int | None = None,
              n_gpu_layers: int | None = None, n_threads: int | None = None,
              verbose: bool | None = None,
-             header: "GGUFHeader | None" = None) -> "Engine":
+             header: "GGUFHeader | None" = None,
+             tensor_split: Sequence[float] | None = None) -> "Engine":
         """Validate the GGUF, then load it with the plan's settings (overrides win).
-        ``header``: the file's read_model_header, where the caller has it already."""
+        ``header``: the file's read_model_header, where the caller has it already.
+        ``tensor_split``: the offloaded layers' share of each llama.cpp device, RPC workers
+        (r1local.rpc.connect, registered before this) first (planner.plan_rpc)."""
         from r1local.ggufinfo import ggml_type_id, read_model_header
         from r1local.planner import check_ctx, pad_ctx
 
@@ -177,6 +181,7 @@ class Engine:
                 n_threads=params.n_threads, n_threads_batch=params.n_threads,
                 n_batch=params.n_batch, n_ubatch=params.n_ubatch, flash_attn=flash,
                 type_k=kv, type_v=kv, use_mmap=params.use_mmap, verbose=verbose,
+                tensor_split=list(tensor_split) if tensor_split else None,
             )
         except (ValueError, RuntimeError) as err:
             raise ModelFileError(f"llama.cpp could not load {path.name}: {err}") from None

@@ -515,20 +515,17 @@ def plan_rpc(shape: ModelShape, plan: Plan, workers: "list[tuple[str, int]]",
              local_gpus: int = 0) -> RpcSplit:
     """Spread the blocks the local plan keeps on the CPU over the local CPU and the
     ``workers`` ((host:port, bytes offered) each), in proportion to the memory each has for
-    them. The local GPU keeps its layers (the last ones, as llama.cpp assigns them); the
-    workers take the blocks just before those, in the order given, and the last worker the
-    output matrix when no local GPU has it. llama.cpp lists RPC devices before local GPUs,
-    which is that same order."""
+    them. llama.cpp keeps the first layers on the CPU and gives the rest, with the output
+    matrix, to its devices in order: the RPC workers first, then local GPUs (``local_gpus``:
+    how many llama.cpp lists), which keep the plan's GPU layers and get the output."""
     L = shape.n_layers
     gpu_blocks = min(plan.n_gpu_layers, L) if local_gpus else 0
-    out_local_gpu = bool(local_gpus) and plan.n_gpu_layers > L
     cpu_blocks = L - gpu_blocks
     # the local CPU's room for blocks: its budget less what stays there whatever the split
     # (the input embedding, the overhead, a micro-batch's buffers)
     fixed = shape.embd_bytes + overhead_bytes(shape) + compute_bytes(shape, plan.n_ctx, plan.flash_attn)
     local_room = max(0, plan.ram_budget - fixed)
-    per_block = [shape.block_bytes[i] + kv_cache_bytes(shape, plan.n_ctx, plan.kv_type,
-                                                       plan.flash_attn, 1) for i in range(L)]
+    kv_one = kv_cache_bytes(shape, plan.n_ctx, plan.kv_type, plan.flash_attn, 1)
     budgets = [local_room] + [max(0, b) for _, b in workers]
     total = sum(budgets) or 1
     # blocks in proportion to the budgets, every worker at least one while blocks last
@@ -546,39 +543,38 @@ def plan_rpc(shape: ModelShape, plan: Plan, workers: "list[tuple[str, int]]",
     for j, n in enumerate(counts):
         blocks = range(start, start + n)
         if j == 0:
-            used = sum(per_block[i] for i in blocks) + fixed
-            part = Part("local CPU", start, start + n - 1, False, used, plan.ram_budget)
+            used = sum(shape.block_bytes[i] for i in blocks) + n * kv_one + fixed
+            parts.append(Part("local CPU", start, start + n - 1, False, used, plan.ram_budget))
             if used > plan.ram_budget:
                 fits, reason = False, (f"the {n} layers kept here need {fmt_bytes(used)}, more "
                                        f"than the {fmt_bytes(plan.ram_budget)} RAM it may use")
         else:
             name, offer = workers[j - 1]
-            output = j == len(counts) - 1 and not out_local_gpu
+            output = j == len(counts) - 1 and not local_gpus
             used = _worker_bytes(shape, blocks, output, plan.n_ctx, plan.kv_type, plan.flash_attn)
-            part = Part(name, start, start + n - 1, output, used, offer)
+            parts.append(Part(name, start, start + n - 1, output, used, offer))
             if used > offer and fits:
                 fits, reason = False, (f"RPC worker {name} offers {fmt_bytes(offer)}, its "
                                        f"{n} layers need {fmt_bytes(used)}")
-        parts.append(part)
         start += n
-    if local_gpus and (gpu_blocks or out_local_gpu):
-        parts.append(Part("local GPU", start, L - 1, out_local_gpu, plan.vram_bytes, plan.vram_budget))
-    # llama.cpp's count runs over blocks and the output (index L); a layer il goes to the
-    # first device whose cumulative share exceeds (il - start) / count: put each boundary
-    # half a layer early, so float rounding cannot move a layer across it
-    worker_counts = counts[1:]
-    offloaded = sum(worker_counts) + gpu_blocks + (0 if out_local_gpu else 1) + (1 if out_local_gpu else 0)
-    device_counts = list(worker_counts)
+    # what llama.cpp is told: it offloads the last n_gpu_layers of blocks + output (index L)
+    device_counts = counts[1:]
     if local_gpus:
-        device_counts.append(gpu_blocks + (1 if out_local_gpu else 0))
+        parts.append(Part("local GPU", start, L - 1, True, plan.vram_bytes, plan.vram_budget))
+        per_gpu = [(gpu_blocks + 1) / local_gpus] * local_gpus
+        device_counts = device_counts + per_gpu
     else:
         device_counts[-1] += 1  # the output matrix goes with the last worker
-    shares, cum, prev = [], 0, 0.0
+    offloaded = L + 1 - counts[0]
+    # a layer il goes to the first device whose cumulative share exceeds (il - first) /
+    # offloaded: each boundary goes half a layer early, so float rounding moves no layer
+    shares, cum, placed = [], 0.0, 0.0
     for k, c in enumerate(device_counts):
         cum += c
         edge = float(offloaded) if k == len(device_counts) - 1 else cum - 0.5
-        shares.append(max(0.0, edge - prev))
-        prev = edge
+        share = max(0.0, edge - placed)
+        shares.append(share)
+        placed += share
     if not reason:
         reason = "split over " + ", ".join(w for w, _ in workers) + " and this machine"
     return RpcSplit(tuple(parts), offloaded, tuple(shares), fits, reason)

@@ -24,6 +24,7 @@ from typing import Sequence
 from r1local.errors import R1LocalError, UsageError
 
 DEFAULT_PORT = 50052
+RPC_ENV = "R1LOCAL_RPC"  # workers for every command that loads, as --rpc
 LOOPBACK = "127.0.0.1"
 # The RPC protocol this build's llama.cpp speaks (ggml-rpc.h, llama-cpp-python 0.3.36):
 # the client aborts on another major version or a newer minor one.
@@ -147,6 +148,22 @@ def parse_endpoints(text: str | Sequence[str]) -> list[str]:
     return out
 
 
+def add_rpc_argument(parser) -> None:
+    """`--rpc host:port,...` (default $R1LOCAL_RPC), the same on every verb that loads."""
+    parser.add_argument("--rpc", metavar="HOST:PORT,...", default=None,
+                        help="run some of the layers on these `r1local worker`s, in this "
+                        f"order (default: ${RPC_ENV}); the planner splits by the memory each "
+                        "offers")
+
+
+def endpoints_from(value: str | None) -> list[str] | None:
+    """--rpc, or $R1LOCAL_RPC when it is not given, checked; None: no workers."""
+    import os
+
+    text = value if value is not None else os.environ.get(RPC_ENV, "")
+    return parse_endpoints(text) if text.strip() else None
+
+
 def _split(endpoint: str) -> tuple[str, int]:
     host, _, port = endpoint.rpartition(":")
     return host.strip("[]"), int(port)
@@ -190,6 +207,15 @@ def _recv(sock: socket.socket, n: int) -> bytes:
 
 
 _registered: dict[str, Worker] = {}
+
+
+def local_gpu_count() -> int:
+    """GPUs of this process's own llama.cpp build (llama.cpp lists them after RPC workers)."""
+    lib = _ggml()
+    remote = {w.device for w in _registered.values()}
+    return sum(1 for i in range(lib.ggml_backend_dev_count())
+               if (dev := lib.ggml_backend_dev_get(i)) not in remote
+               and lib.ggml_backend_dev_type(dev) == DEV_GPU)
 
 
 def connect(endpoints: Sequence[str]) -> list[Worker]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from r1local.errors import DoesNotFitError
 from r1local.units import fmt_bytes
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from r1local.engine import Engine
     from r1local.ggufinfo import GGUFHeader
     from r1local.hardware import Machine
-    from r1local.planner import Plan
+    from r1local.planner import Plan, RpcSplit
     from r1local.store import Store, StoredModel
 
 # plan for the machine a profile file describes instead of this one (`hw --profile`'s format)
@@ -131,9 +131,12 @@ def open_model(ref: "str | ModelFile", *, ctx: int | None = None, gpu_layers: in
                threads: int | None = None, ram_limit: int | None = None, force: bool = False,
                on: "Machine | None" = None, verbose: bool | None = None,
                warn: Callable[[str], None] | None = None,
+               rpc: "Sequence[str] | None" = None,
                ) -> "tuple[Engine, Plan, StoredModel | None]":
     """Resolve, plan and load a model for chat and completion. A plan that does not fit is
-    refused with the fix, unless ``force`` (then ``warn`` is told, and it loads anyway)."""
+    refused with the fix, unless ``force`` (then ``warn`` is told, and it loads anyway).
+    ``rpc``: host:port of RPC workers (`r1local worker`) to run some of the layers; the
+    engine's ``rpc_split`` then says where each layer went."""
     from r1local.engine import Engine
     from r1local.errors import UsageError
     from r1local.ggufinfo import ENCODER_ARCHITECTURES
@@ -144,10 +147,45 @@ def open_model(ref: "str | ModelFile", *, ctx: int | None = None, gpu_layers: in
         raise UsageError(f"{model.path.name} is an embedding model ({arch}): it cannot chat "
                          "or complete text", hint="use it for embeddings: /api/embed or "
                          "/v1/embeddings on `r1local serve`")
+    if rpc:
+        plan, split = _rpc_plan(model, rpc, on, ctx=ctx, gpu_layers=gpu_layers,
+                                threads=threads, ram_limit=ram_limit, force=force, warn=warn)
+        engine = Engine.load(model.path, plan, verbose=verbose, header=model.header,
+                             n_gpu_layers=split.n_gpu_layers, tensor_split=split.tensor_split)
+        engine.rpc_split = split
+        return engine, plan, model.stored
     plan = _fitting_plan(model, on, ctx=ctx, gpu_layers=gpu_layers, threads=threads,
                          ram_limit=ram_limit, force=force, warn=warn)
     engine = Engine.load(model.path, plan, verbose=verbose, header=model.header)
     return engine, plan, model.stored
+
+
+def _rpc_plan(model: ModelFile, endpoints: "Sequence[str]", on: "Machine | None", *,
+              ctx: int | None, gpu_layers: int | None, threads: int | None,
+              ram_limit: int | None, force: bool,
+              warn: Callable[[str], None] | None) -> "tuple[Plan, RpcSplit]":
+    """The plan with RPC workers: this machine's plan (whether or not the whole model would
+    fit here), then its CPU layers spread over this machine and the workers, each worker's
+    memory as the worker itself reports it. The workers are registered as llama.cpp devices
+    here, before anything loads."""
+    from r1local import rpc
+    from r1local.planner import plan_rpc
+    from r1local.shapes import shape_from_gguf
+
+    local_gpus = rpc.local_gpu_count()
+    workers = rpc.connect(endpoints)
+    plan = _fitting_plan(model, on, ctx=ctx, gpu_layers=gpu_layers, threads=threads,
+                         ram_limit=ram_limit, force=True, warn=None)
+    split = plan_rpc(shape_from_gguf(model.header), plan,
+                     [(w.endpoint, w.free_bytes) for w in workers], local_gpus)
+    if not split.fits:
+        what = f"{model.path.name} does not fit this machine and its RPC workers ({split.reason})"
+        if not force:
+            raise DoesNotFitError(what, hint="add a worker, give one more --mem, pick a smaller "
+                                  "quant, or add --force to load it anyway")
+        if warn is not None:
+            warn(f"{what}; loading it anyway (--force)")
+    return plan, split
 
 
 def open_embedder(ref: "str | ModelFile", *, ctx: int | None = None,

@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "when piped)")
     out = parser.add_argument_group("output")
     out.add_argument("--hide-thinking", action="store_true", help="do not print the reasoning")
+    out.add_argument("--web", action="store_true",
+                     help="chat in the browser instead: serve the model (`r1local serve "
+                     "--model TAG --open`) and open the web chat")
     out.add_argument("--json", action="store_true",
                      help="print one JSON object: thinking, answer and stats")
     out.add_argument("--verbose", action="store_true", help="llama.cpp's own log, and stats")
@@ -35,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     load.add_argument("--force", action="store_true",
                       help="load even when the plan says it does not fit")
     add_min_speed(load)
+    from r1local.rpc import add_rpc_argument
+
+    add_rpc_argument(load)
     load.add_argument("--ram", metavar="SIZE",
                       help="plan as if this machine had only SIZE of RAM (e.g. 8G), to leave "
                       "room for other programs")
@@ -62,6 +68,11 @@ def run(args: argparse.Namespace) -> int:
     from r1local.errors import UsageError
 
     ram_limit = _check_numbers(args)
+    if getattr(args, "web", False):
+        return _web(args, ram_limit)
+    from r1local.rpc import endpoints_from
+
+    workers = endpoints_from(args.rpc)  # a malformed list is refused before anything loads
     grammar = _format_grammar(args.format)  # a bad schema is refused before any model loads
     tag, words = _split_tag(args.tag, args.prompt)
     prompt = " ".join(words)
@@ -83,13 +94,16 @@ def run(args: argparse.Namespace) -> int:
     def load(n_ctx: int | None, force: bool):
         return session.open_model(model, ctx=n_ctx, gpu_layers=args.gpu_layers,
                                   threads=args.threads, ram_limit=ram_limit, force=force,
-                                  on=machine, verbose=args.verbose or None, warn=warn)
+                                  on=machine, verbose=args.verbose or None, warn=warn,
+                                  rpc=workers)
 
     engine, plan, stored = load(args.ctx, args.force)
     try:
         settings = _settings(args)
         settings.grammar = grammar
         if prompt.strip():
+            if engine.rpc_split is not None:  # where the layers went is worth a line here too
+                print(f"r1local: {engine.rpc_split.line()}", file=sys.stderr)
             return _one_shot(engine, plan, settings, prompt, args)
 
         def reload(n_ctx: int):  # /set context: a context the user chose, so no refusal
@@ -107,6 +121,30 @@ def run(args: argparse.Namespace) -> int:
             engine = repl.engine  # /set context may have replaced it
     finally:
         engine.close()
+
+
+def _web(args: argparse.Namespace, ram_limit: int | None) -> int:
+    """`run --web [TAG]`: `serve --model TAG --open` (the recommended model without TAG).
+    The page has its own sampling settings, so only the loading flags carry over."""
+    import sys
+
+    from r1local.commands import serve
+    from r1local.errors import UsageError
+
+    tag, words = _split_tag(args.tag, args.prompt)
+    if words:
+        raise UsageError("--web opens a chat in the browser: give no prompt with it")
+    if tag is None:
+        tag = _recommended(ask=sys.stdin.isatty(), ram_limit=ram_limit,
+                           min_tok_s=min_speed(args))
+    parser = argparse.ArgumentParser(prog="r1local serve")
+    serve.add_arguments(parser)
+    flags = ["--model", tag, "--open"]
+    if args.ctx is not None:
+        flags += ["--ctx", str(args.ctx)]
+    if args.threads is not None:
+        flags += ["--threads", str(args.threads)]
+    return serve.run(parser.parse_args(flags))
 
 
 def _check_numbers(args: argparse.Namespace) -> int | None:
@@ -216,8 +254,13 @@ def describe(engine, plan, stored) -> str:
     speed = (f" · ~{plan.tok_s_low:.1f}-{plan.tok_s_high:.1f} tok/s, ~"
              f"{fmt_duration(plan.reply_seconds)} for a {TYPICAL_REPLY_TOKENS:,}-token reply"
              if plan.tok_s_high > 0 else "")
-    return (f"{variant} · {plan.quant} · {plan.layers_on_gpu}/{plan.n_layers} layers on GPU · "
-            f"GPU {fmt_bytes(plan.vram_bytes)} + RAM {fmt_bytes(plan.ram_bytes)} · "
+    split = getattr(engine, "rpc_split", None)
+    where = (split.line() if split is not None else
+             f"{plan.layers_on_gpu}/{plan.n_layers} layers on GPU · "
+             f"GPU {fmt_bytes(plan.vram_bytes)} + RAM {fmt_bytes(plan.ram_bytes)}")
+    if split is not None:
+        speed = ""  # the planner's speed range knows nothing of the network yet
+    return (f"{variant} · {plan.quant} · {where} · "
             f"context {engine.n_ctx} · {engine.n_threads} threads{speed}")
 
 

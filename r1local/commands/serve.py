@@ -50,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="context length for every model (default: the planner's)")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads per model (default: the planner's)")
+    parser.add_argument("--open", action="store_true",
+                        help="open the web chat (served at /) in your browser once listening")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
 
     try:
-        return asyncio.run(_serve(config, sock))
+        return asyncio.run(_serve(config, sock, open_browser=getattr(args, "open", False)))
     except KeyboardInterrupt:  # Ctrl-C is how a server is stopped: not an error
         print("r1local: server stopped", file=sys.stderr)
         return 0
@@ -89,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         sock.close()
 
 
-async def _serve(config, sock) -> int:
+async def _serve(config, sock, open_browser: bool = False) -> int:
     import sys
 
     import uvicorn
@@ -110,6 +112,9 @@ async def _serve(config, sock) -> int:
     print(f"r1local: serving on http://{shown}:{port} (Ollama API /api/*, OpenAI API /v1/*)"
           f"{' with API key' if config.api_key else ''}; Ctrl-C stops", file=sys.stderr,
           flush=True)
+    _log_to_stderr()
+    if open_browser:
+        _open_page(host, port)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=5))
     try:
@@ -117,6 +122,44 @@ async def _serve(config, sock) -> int:
     finally:
         await app.state.manager.stop()
     return 0
+
+
+def _log_to_stderr() -> None:
+    """The server's own notes (a cancelled reply, ...) as `r1local: ...` lines on stderr."""
+    import logging
+    import sys
+
+    log = logging.getLogger("r1local.server")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("r1local: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def page_url(host: str, port: int) -> str:
+    """The web chat's address as a browser on this machine reaches it (a wildcard bind is
+    reached through loopback)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+
+def _open_page(host: str, port: int) -> None:
+    """Open the page in the user's browser; in a thread, as some browsers block until they
+    exit, and the socket already listens, so the browser's request waits for uvicorn."""
+    import sys
+    import threading
+    import webbrowser
+
+    url = page_url(host, port)
+
+    def go() -> None:
+        if not webbrowser.open(url):
+            print(f"r1local: no browser found here: open {url} yourself", file=sys.stderr,
+                  flush=True)
+
+    print(f"r1local: opening {url} in your browser", file=sys.stderr, flush=True)
+    threading.Thread(target=go, daemon=True, name="r1local-open").start()
 
 
 def _address(host: str | None, port: int | None) -> tuple[str, int]:

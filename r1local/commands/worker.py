@@ -54,8 +54,13 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot use --cache {args.cache}: {err.strerror or err}") from None
     rpc.check_port_free(addr, args.port)
 
+    from r1local.hardware import probe
+
+    machine = probe()
     dev = rpc.serving_device()
     name, is_gpu, free, total = rpc.device_info(dev)
+    if not is_gpu:  # llama.cpp's CPU device reports all of RAM as free; the probe knows better
+        free, total = machine.ram_available, machine.ram_total
     default_offer = worker_offer(free, total, gpu=is_gpu)
     if args.mem is not None:
         offer = parse_size(args.mem)
@@ -66,12 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if offer <= 0:
         raise UsageError(f"nothing to offer: {fmt_bytes(free)} free on {name}",
                          hint="free some memory, or set --mem")
-    if args.threads is not None:
-        threads = args.threads
-    else:
-        from r1local.hardware import probe
-
-        threads = probe().physical_cores
+    threads = args.threads if args.threads is not None else machine.physical_cores
     server = rpc.Server(addr, args.port, dev, offer, threads, cache)
     if not ipaddress.ip_address(addr).is_loopback:
         print(f"r1local: warning: {rpc.SECURITY_NOTE.format(port=args.port)}", file=sys.stderr)

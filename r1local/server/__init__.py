@@ -1,6 +1,7 @@
 """`r1local serve`: Ollama- and OpenAI-compatible HTTP APIs over the same engine.
 
-The only place that imports the web framework (FastAPI / Starlette / uvicorn).
+The only place that imports the web framework (FastAPI / Starlette / uvicorn), with
+r1local/web (the browser chat's routes, which create_app installs).
 
 - config.py     ServerConfig, keep-alive durations, loopback check
 - schemas.py    request bodies (pydantic) and the option-name tables

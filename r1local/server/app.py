@@ -7,7 +7,7 @@ import contextlib
 from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from r1local import __version__
@@ -45,10 +45,11 @@ def create_app(config: ServerConfig | None = None, manager: ModelManager | None 
     app.include_router(openai_api.router)
     app.include_router(embeddings_api.router)  # its lifespan keeps the embedding models
 
-    @app.get("/")
-    @app.head("/")
-    async def root() -> PlainTextResponse:
-        return PlainTextResponse("r1local is running")  # Ollama answers "Ollama is running"
+    # `/`: the web chat for browsers, "r1local is running" for other clients (Ollama's
+    # probe); `/web/*`: the page's files (r1local/web)
+    from r1local.web import routes as web
+
+    web.install(app)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError) -> JSONResponse:
@@ -72,7 +73,7 @@ def create_app(config: ServerConfig | None = None, manager: ModelManager | None 
     # the last added runs first: Host, then CORS (preflights carry no key), key, body
     app.add_middleware(BodyGuard, limit=config.max_body)
     if config.api_key:
-        app.add_middleware(ApiKeyMiddleware, key=config.api_key)
+        app.add_middleware(ApiKeyMiddleware, key=config.api_key, public=web.is_public)
     if config.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from r1local.server.errors import ApiError, body_for
 
@@ -51,12 +51,14 @@ class ApiKeyMiddleware:
     CORS sits outside it: browsers send preflight OPTIONS without credentials.
     """
 
-    def __init__(self, app: Any, key: str) -> None:
+    def __init__(self, app: Any, key: str,
+                 public: "Callable[[dict], bool] | None" = None) -> None:
         self.app = app
         self.expected = f"Bearer {key}".encode()
+        self.public = public  # scope -> True for what needs no key (the web page's files)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (self.public is not None and self.public(scope)):
             return await self.app(scope, receive, send)
         given = _headers(scope).get(b"authorization", b"")
         if hmac.compare_digest(given, self.expected):

@@ -20,6 +20,7 @@ from r1local.server.limits import MAX_NUM_CTX, MAX_SEED, MAX_TOP_K
 OLLAMA_OPTIONS = {
     "temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
     "repeat_penalty": "repeat_penalty", "seed": "seed",
+    "think_budget": "think_budget",  # r1local's own: reasoning tokens before the answer
 }
 # OpenAI request field -> GenerationSettings field (top_k, min_p, repeat_penalty: llama.cpp extensions)
 OPENAI_FIELDS = {
@@ -51,6 +52,7 @@ class Sampling(_Body):
 class OllamaOptions(Sampling):
     num_ctx: int | None = Field(None, ge=MIN_CTX, le=MAX_NUM_CTX)
     num_predict: int | None = Field(None, ge=-2)  # -1: no limit, -2: fill the context
+    think_budget: int | None = Field(None, ge=0)  # r1local's own (the web chat's setting)
     stop: Stop = None
 
 

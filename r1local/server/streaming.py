@@ -9,6 +9,7 @@ disconnects sets the cancel Event, which the engine checks between tokens.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from r1local.server.models import Lease, ModelManager
 
 _END = object()
+log = logging.getLogger("r1local.server")  # `r1local serve` prints it on stderr
 
 
 @dataclass
@@ -69,6 +71,10 @@ class Generation:
                 close()  # finishes the engine's stats even when cancelled
             # read the stats here: once the lease is released the next request owns the engine
             self._stats = getattr(self._chunks, "stats", None) or self.lease.engine.last_stats
+            if getattr(self._stats, "finish_reason", None) == "cancelled":
+                # the operator sees that a client's Stop (or a dropped connection) took hold
+                log.info("cancelled a reply from %s after %d tokens (the client stopped "
+                         "or went away)", self.lease.slot.name, self._stats.completion_tokens)
             self._loop.call_soon_threadsafe(put, _END)
 
     async def chunks(self) -> AsyncIterator["Chunk"]:
