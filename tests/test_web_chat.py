@@ -241,6 +241,7 @@ def test_root_serves_the_page_to_browsers_and_the_probe_text_to_others(opened):
     def chat(**options) -> dict:
         return httpx.post(srv.url + "/api/chat", timeout=120, json={
             "model": "micro", "stream": False, "options": {"temperature": 0, **options},
+            "keep_alive": 0,  # unloaded after: the browser test sees the page wait for a load
             "messages": [{"role": "user", "content": QUESTION}]}).json()["message"]
 
     assert chat()["thinking"] == REASONING
