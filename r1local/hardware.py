@@ -332,6 +332,10 @@ def _llama_devices() -> tuple[bool | None, list[tuple[str, str, int, int, int]]]
                 kind = ggml.ggml_backend_dev_type(dev)
                 if kind not in (_DEV_GPU, _DEV_IGPU):
                     continue
+                # an RPC worker registered in this process is not this machine's GPU, and
+                # asking a gone one for its memory aborts the process (llama.cpp's client)
+                if (ggml.ggml_backend_dev_name(dev) or b"").startswith(b"RPC"):
+                    continue
                 free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
                 ggml.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
                 devices.append((
