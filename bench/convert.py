@@ -5,12 +5,15 @@ quantizer) and against convert_hf_to_gguf.py + llama-quantize.
 
     .venv/bin/python bench/convert.py [--gb 4] [--llama-cpp-src DIR | --no-llama-cpp]
                                       [--quants F16,BF16,Q8_0,Q4_K_M] [--keep]
+    .venv/bin/python bench/convert.py --checkpoint deepseek-fp8 [--gb 4] [--no-two-pass]
 
-The checkpoint has real DeepSeek-R1-Distill-Qwen-7B shapes (hidden 3584, ffn 18944, 28/4
-heads, 152064-token vocabulary, untied head), as many layers as reach the size, BF16 in
-~1 GB shards with an index, and the real R1 tokenizer. Weights are random (one random block
-tiled). Each tool runs in its own process; its peak RSS is polled with psutil. The table is
-printed and written to bench/results/convert.md; the checkpoint is deleted afterwards.
+The default checkpoint has real DeepSeek-R1-Distill-Qwen-7B shapes (hidden 3584, ffn 18944,
+28/4 heads, 152064-token vocabulary, untied head), as many layers as reach the size, BF16 in
+~1 GB shards with an index, and the real R1 tokenizer. ``deepseek-fp8`` is the 671B R1's
+own layers in FP8 (bench/synthetic_v3.py), converted to Q4_K_M by default. Weights are
+random (one random block tiled). Each tool runs in its own process; its peak RSS is polled
+with psutil. The table is printed and written to bench/results/convert.md (one section per
+checkpoint kind; a run replaces its own); the checkpoint is deleted afterwards.
 """
 
 from __future__ import annotations
@@ -119,17 +122,21 @@ def _disk(folder: Path) -> int:
 
 
 def measure(cmd: list[str], env: dict | None = None,
-            outputs: Path | None = None) -> tuple[float, int, int, int, str]:
+            outputs: Path | None = None) -> tuple[float, int, int, int, str, float]:
     """(seconds, peak RSS bytes of the process tree, peak disk under ``outputs``, exit code,
-    last stderr line)."""
+    last stderr line, CPU seconds of the tree as last polled: on a shared machine the wall
+    time says more about the neighbours than about the tool)."""
     start = time.perf_counter()
     proc = psutil.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
     peak = disk = 0
+    cpu = 0.0
     polls = 0
     while proc.poll() is None:
         try:
-            rss = proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
-            peak = max(peak, rss)
+            tree = [proc, *proc.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in tree))
+            times = [p.cpu_times() for p in tree]
+            cpu = max(cpu, sum(t.user + t.system for t in times))
         except psutil.Error:
             pass
         if outputs is not None and polls % 10 == 0:
@@ -140,7 +147,7 @@ def measure(cmd: list[str], env: dict | None = None,
     if outputs is not None:
         disk = max(disk, _disk(outputs))
     err = proc.stderr.read().strip().splitlines() if proc.stderr else []
-    return elapsed, peak, disk, proc.returncode, err[-1] if err else ""
+    return elapsed, peak, disk, proc.returncode, err[-1] if err else "", cpu
 
 
 def llama_cpp_source(given: str | None) -> Path | None:
@@ -168,10 +175,16 @@ def main() -> int:
     ap.add_argument("--workdir", default=str(ROOT / "bench" / "results" / "convert-work"))
     ap.add_argument("--no-llama-cpp", action="store_true",
                     help="skip convert_hf_to_gguf.py's rows (minutes each, and ~3.5 GB of memory)")
-    ap.add_argument("--quants", default=",".join(QUANTS), help=f"which rows (default {','.join(QUANTS)})")
+    ap.add_argument("--checkpoint", choices=("qwen-bf16", "deepseek-fp8"), default="qwen-bf16",
+                    help="qwen-bf16: R1-Distill-Qwen-7B shapes in BF16 (default); deepseek-fp8: "
+                         "the 671B R1's layers in FP8 with block scales")
+    ap.add_argument("--quants", help=f"which rows (default {','.join(QUANTS)}; Q4_K_M for deepseek-fp8)")
+    ap.add_argument("--no-two-pass", action="store_true", help="skip the --two-pass rows")
     ap.add_argument("--keep", action="store_true", help="keep the synthetic checkpoint")
     args = ap.parse_args()
-    quants = [q.strip().upper() for q in args.quants.split(",") if q.strip()]
+    fp8 = args.checkpoint == "deepseek-fp8"
+    wanted = args.quants or ("Q4_K_M" if fp8 else ",".join(QUANTS))
+    quants = [q.strip().upper() for q in wanted.split(",") if q.strip()]
 
     load_before = " / ".join(f"{a:.1f}" for a in os.getloadavg())
     work = Path(args.workdir)
@@ -181,8 +194,15 @@ def main() -> int:
     rows = []
     try:
         t = time.perf_counter()
-        size = make_checkpoint(src, int(args.gb * 1e9))
-        print(f"synthetic checkpoint: {size / 1e9:.2f} GB in {time.perf_counter() - t:.0f} s", flush=True)
+        if fp8:
+            from synthetic_v3 import make_fp8_v3
+
+            size, what = make_fp8_v3(src, int(args.gb * 1e9))
+        else:
+            size = make_checkpoint(src, int(args.gb * 1e9))
+            what = "BF16 checkpoint (R1-Distill-Qwen-7B shapes, ~1 GB shards)"
+        print(f"synthetic checkpoint: {size / 1e9:.2f} GB ({what}) in {time.perf_counter() - t:.0f} s",
+              flush=True)
         py = sys.executable
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         outs = work / "out"  # every run writes here only, so its disk use can be watched
@@ -192,7 +212,7 @@ def main() -> int:
             out = outs / f"ours-{q}.gguf"
             ours = [py, "-m", "quantize", str(src), "--quant", q, "-o", str(out), "--no-progress"]
             runs.append((f"quantize → {q}" + ("" if q in STREAMED else " (one pass)"), q, ours, env))
-            if q not in STREAMED:
+            if q not in STREAMED and not args.no_two_pass:
                 runs.append((f"quantize --two-pass → {q}", q, [*ours, "--two-pass"], env))
         lc = None if args.no_llama_cpp else llama_cpp_source(args.llama_cpp_src)
         from quantize.llamaquant import find_tool
@@ -215,11 +235,12 @@ def main() -> int:
         else:
             print("llama.cpp's convert_hf_to_gguf.py not available: its rows are skipped")
         for label, quant, cmd, e in runs:
-            sec, peak, disk, rc, last = measure(cmd, e, outs)
+            sec, peak, disk, rc, last, cpu = measure(cmd, e, outs)
             ok = rc == 0
             rows.append((label, quant, sec, size / 1e6 / sec if ok else None, peak, disk,
-                         "ok" if ok else f"failed: {last[:80]}"))
-            print(f"{label}: {sec:.1f} s, {size / 1e6 / sec:.0f} MB/s, peak RSS {peak / 2**20:.0f} MiB, "
+                         "ok" if ok else f"failed: {last[:80]}", cpu))
+            print(f"{label}: {sec:.1f} s ({cpu:.0f} CPU s), {size / 1e6 / sec:.0f} MB/s "
+                  f"({size / 1e9 / sec:.3f} GB/s), peak RSS {peak / 2**20:.0f} MiB, "
                   f"peak disk {disk / 1e9:.2f} GB, {rows[-1][-1]}", flush=True)
             shutil.rmtree(outs, ignore_errors=True)
             outs.mkdir()
@@ -231,25 +252,38 @@ def main() -> int:
     ref = {r[1]: r[3] for r in rows if r[0].startswith("convert_hf")}
     two = {r[1]: r[2] for r in rows if "--two-pass" in r[0]}
     load = " / ".join(f"{a:.1f}" for a in os.getloadavg())
-    lines = [f"Converter benchmark: {size / 1e9:.2f} GB BF16 checkpoint (R1-Distill-Qwen-7B shapes, "
-             f"~1 GB shards), {os.cpu_count()} cores, page cache warm; load average (1/5/15 min) "
-             f"{load_before} before, {load} after",
-             "", "| run | seconds | MB/s (source bytes) | × copy | × convert_hf_to_gguf | "
+    lines = [f"Converter benchmark: {size / 1e9:.2f} GB {what}, {os.cpu_count()} cores, page cache "
+             f"warm; load average (1/5/15 min) {load_before} before, {load} after",
+             "", "| run | seconds | CPU seconds | MB/s (source bytes) | × copy | × convert_hf_to_gguf | "
                  "speed-up over two passes | peak RSS MiB | peak disk GB | status |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for label, q, sec, rate, peak, disk, status in rows:
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for label, q, sec, rate, peak, disk, status, cpu in rows:
         vs_copy = f"{rate / copy_rate:.2f}" if rate and copy_rate else "–"
         vs_ref = f"{rate / ref[q]:.2f}" if rate and q and ref.get(q) else "–"
         vs_two = f"{two[q] / sec:.2f}" if rate and q in two and "one pass" in label else "–"
-        lines.append(f"| {label} | {sec:.1f} | {rate:.0f} | {vs_copy} | {vs_ref} | {vs_two} | "
+        lines.append(f"| {label} | {sec:.1f} | {cpu:.0f} | {rate:.0f} | {vs_copy} | {vs_ref} | {vs_two} | "
                      f"{peak / 2**20:.0f} | {disk / 1e9:.2f} | {status} |" if rate else
-                     f"| {label} | {sec:.1f} | – | – | – | – | {peak / 2**20:.0f} | {disk / 1e9:.2f} | {status} |")
+                     f"| {label} | {sec:.1f} | {cpu:.0f} | – | – | – | – | {peak / 2**20:.0f} | "
+                     f"{disk / 1e9:.2f} | {status} |")
     table = "\n".join(lines)
     print("\n" + table)
     res = ROOT / "bench" / "results"
     res.mkdir(parents=True, exist_ok=True)
-    (res / "convert.md").write_text(table + "\n")
+    write_section(res / "convert.md", args.checkpoint, table)
     return 0
+
+
+def write_section(path: Path, key: str, text: str) -> None:
+    """Replace (or add) the section ``key`` of the results file, keeping the other kinds'."""
+    sections: dict[str, str] = {}
+    old = path.read_text() if path.exists() else ""
+    if old and not old.startswith("<!-- checkpoint: "):
+        old = "<!-- checkpoint: qwen-bf16 -->\n" + old  # a file from before the sections
+    for part in old.split("<!-- checkpoint: ")[1:]:
+        name, _, body = part.partition(" -->\n")
+        sections[name] = body.strip()
+    sections[key] = text.strip()
+    path.write_text("\n\n".join(f"<!-- checkpoint: {k} -->\n{v}" for k, v in sections.items()) + "\n")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
 F32/F16/BF16/Q8_0 are written here while streaming row blocks from the safetensors files.
 The other llama.cpp types are written in the same single pass (onepass.py: llama.cpp picks
 each tensor's type, ggml's kernels quantize the rows), byte for byte what llama.cpp's
-quantizer makes of our F16/BF16 file. With an importance matrix (or ``two_pass``) the F16
-(or BF16) intermediate is written and handed to llama.cpp's quantizer, then deleted. Output
-appears under its final name only when complete (``<out>.partial`` until then).
+quantizer makes of our F16/BF16 file, with an importance matrix too. With ``two_pass`` the
+F16 (or BF16) intermediate is written and handed to llama.cpp's quantizer (llama-quantize
+when there is a matrix), then deleted. Output appears under its final name only when
+complete (``<out>.partial`` until then).
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ from quantize.archs import for_config
 from quantize.checkpoint import CHECKPOINT_FILES, INDEX_NAME, Checkpoint
 from quantize.errors import ConvertError
 from quantize.formats import STRING, UINT32
-from quantize.imatrix import imatrix_entries
+from quantize.imatrix import Imatrix, imatrix_entries, load_imatrix
 from quantize.kernels import Unrepresentable, encode, encoded_size
 from quantize.llamaquant import llama_ftype, quantize_file, require_tool
-from quantize.onepass import plan_types, quantize_rows, widened
+from quantize.onepass import plan_types, quantize_rows, row_weights, widened
 from quantize.progress import phase
 from quantize.quants import (IMATRIX_QUANTS, LLAMA_QUANTS, QUANTIZATION_VERSION, STREAMED,
                              SUPPORTED_QUANTS, bits_per_weight, canonical)
@@ -63,8 +64,9 @@ def convert(src: str | Path, out: str | Path, quant: str = "F16", *, threads: in
         if wanted in STREAMED:
             raise ConvertError(f"--imatrix does not apply to {wanted} (written without quantizing); "
                                "use it with a llama.cpp type such as IQ2_XXS or Q4_K_M")
-        # whatever can fail is checked before the long F16 pass, not after it
-        require_tool()
+        # whatever can fail is checked before the long pass, not after it
+        if two_pass:
+            require_tool()
         imatrix_names = imatrix_entries(imatrix_path)
     out = Path(out)
     if out.exists() and not force:
@@ -83,7 +85,8 @@ def convert(src: str | Path, out: str | Path, quant: str = "F16", *, threads: in
         raise ConvertError(f"importance matrix {imatrix_path} has no entry for any weight of this "
                            "model: make it with llama-imatrix from this same model (its F16 GGUF)")
 
-    one_pass = wanted in LLAMA_QUANTS and imatrix_path is None and not two_pass
+    one_pass = (wanted in LLAMA_QUANTS or wanted in IMATRIX_QUANTS) and not two_pass
+    matrix: Imatrix | None = load_imatrix(imatrix_path) if one_pass and imatrix_path else None
     streamed = wanted in STREAMED or one_pass  # the output is written while streaming
     # the intermediate's type: what llama.cpp's quantizer reads (two passes), or what the
     # rows are rounded to before ggml quantizes them (one pass)
@@ -91,13 +94,17 @@ def convert(src: str | Path, out: str | Path, quant: str = "F16", *, threads: in
         "BF16" if ckpt.source_dtype() in ("BF16", "F8_E4M3") else "F16")
     slots = [TensorSlot(j.gguf_name, j.shape, _tensor_type(j.shape, j.keep_f32, target)) for j in jobs]
     via = None
+    weights: dict[str, np.ndarray] = {}
     file_type = STREAMED[target][1]
     if one_pass:
         kvs = _metadata(arch, vocab, ckpt.config, source, resolved_rev, file_type, folder)
-        types = plan_types(kvs, slots, wanted, out.with_name(out.name + ".skeleton.partial"), threads)
+        types = plan_types(kvs, slots, wanted, out.with_name(out.name + ".skeleton.partial"), threads,
+                           imatrix=matrix)
         via = {s.name: s.ggml for s in slots}
         slots = [TensorSlot(s.name, s.shape, types[s.name]) for s in slots]
         file_type = llama_ftype(wanted)
+        if matrix is not None:
+            weights = row_weights(slots, via, matrix)
     stream_bytes = sum(s.nbytes for s in slots)
     n_weights = sum(_count(j.shape) for j in jobs)
     final_bytes = stream_bytes if streamed else int(n_weights * bits_per_weight(wanted) / 8)
@@ -111,6 +118,8 @@ def convert(src: str | Path, out: str | Path, quant: str = "F16", *, threads: in
     partial = out.with_name(out.name + ".partial")
     inter = out.with_name(out.name + f".{target.lower()}.partial")
     kvs = _metadata(arch, vocab, ckpt.config, source, resolved_rev, file_type, folder)
+    if matrix is not None:  # the provenance llama-quantize records
+        kvs += [KV(k, v, STRING if t == "str" else UINT32) for k, v, t in matrix.metadata()]
     try:
         with open(partial if streamed else inter, "wb") as f:
             writer = GGUFStreamWriter(f, kvs, slots, writeback=streamed)  # not llama.cpp's input
@@ -118,7 +127,7 @@ def convert(src: str | Path, out: str | Path, quant: str = "F16", *, threads: in
             workers = max(1, min(4, threads or os.cpu_count() or 1))
             with phase(f"converting to {wanted if one_pass else target}", total, progress) as advance, \
                     ThreadPoolExecutor(workers, thread_name_prefix="convert") as pool:
-                blocks = _Blocks(ckpt, writer, advance, pool, workers, via)
+                blocks = _Blocks(ckpt, writer, advance, pool, workers, via, weights)
                 for job, slot in zip(jobs, slots):
                     blocks.tensor(job, slot)
             writer.finish()
@@ -168,9 +177,11 @@ class _Blocks:
     always finds one free."""
 
     def __init__(self, ckpt: Checkpoint, writer: GGUFStreamWriter, advance, pool: ThreadPoolExecutor,
-                 workers: int, via: dict[str, str] | None = None) -> None:
+                 workers: int, via: dict[str, str] | None = None,
+                 weights: dict[str, np.ndarray] | None = None) -> None:
         self.ckpt, self.writer, self.advance, self.pool, self.workers = ckpt, writer, advance, pool, workers
         self.via = via or {}  # one pass: tensor -> the intermediate type its rows are rounded to
+        self.weights = weights or {}  # one pass: tensor -> its importance weights
         self.free: queue.SimpleQueue = queue.SimpleQueue()
         for _ in range(workers + 1):
             self.free.put(np.empty(BLOCK_BYTES, np.uint8))
@@ -181,6 +192,11 @@ class _Blocks:
             self.writer.write(encode(job.data, slot.ggml))
             return
         pending: deque = deque()
+        # the output row each block starts at (a block's share of the output rows is its share
+        # of the source rows: stacking and the row moves keep whole rows per source row group)
+        out_rows = _count(slot.shape[:-1]) if len(slot.shape) > 1 else 1
+        src_rows = sum(self.ckpt.entries[n].rows for n in _sources(job)) or 1
+        row0 = 0
         for name in _sources(job):  # a stack's parts one after another: their rows in order
             entry = self.ckpt.entries[name]
             if job.row_multiple >= entry.rows:
@@ -190,13 +206,14 @@ class _Blocks:
                 rows = max(job.row_multiple, rows // job.row_multiple * job.row_multiple)
                 blocks = self.ckpt.block_rows(name, rows)
             for r0, n in blocks:
-                pending.append(self.pool.submit(self._work, job, slot, entry, r0, n))
+                pending.append(self.pool.submit(self._work, job, slot, entry, r0, n, row0))
+                row0 += n * out_rows // src_rows
                 if len(pending) > self.workers:
                     self._drain_one(pending)
         while pending:
             self._drain_one(pending)
 
-    def _work(self, job, slot: TensorSlot, entry, r0: int, n: int):
+    def _work(self, job, slot: TensorSlot, entry, r0: int, n: int, row0: int):
         flat = len(entry.shape) <= 1
         nbytes = entry.nbytes if flat else entry.nbytes // entry.rows * n
         into = getattr(self.local, "buf", None)
@@ -215,7 +232,9 @@ class _Blocks:
                 return encode(block, slot.ggml, stored, out=out), out, nbytes
             if slot.ggml in FLOAT_TYPES:
                 return encode(widened(block, stored, via), slot.ggml, "F32", out=out), out, nbytes
-            return quantize_rows(block, stored, via, slot.ggml, slot.shape[-1], out), out, nbytes
+            experts = slot.shape[-2] if len(slot.shape) == 3 else 0  # rows per expert
+            return quantize_rows(block, stored, via, slot.ggml, slot.shape[-1], out,
+                                 self.weights.get(slot.name), row0, experts), out, nbytes
         except Unrepresentable as err:
             self.free.put(out)
             raise ConvertError(f"{entry.name}: {err}: check the checkpoint, or convert to BF16, "

@@ -102,6 +102,17 @@ def check(values: Mapping[str, Any], *, n_vocab: int | None = None,
     used = _whole("expert_used_count", get("expert_used_count", 0), 0, n_expert)
     if n_expert and not used:
         raise Invalid(f"expert_used_count is 0 for {n_expert} experts")
+    # expert groups (DeepSeek's routing), as llama.cpp asserts them
+    groups = _whole("expert_group_count", get("expert_group_count", 0), 0, MAX_EXPERTS)
+    if groups and (not n_expert or groups >= n_expert):
+        raise Invalid(f"expert_group_count is {groups} for {n_expert} experts: it must be fewer")
+    if groups > 1:
+        if n_expert % groups:
+            raise Invalid(f"expert_group_count ({groups}) does not divide expert_count ({n_expert})")
+        g_used = _whole("expert_group_used_count", get("expert_group_used_count", 0), 0, MAX_EXPERTS)
+        if not 0 < g_used < groups:
+            raise Invalid(f"expert_group_used_count is {g_used} for {groups} expert groups: it "
+                          "must be at least 1 and fewer than the groups")
     if n_vocab is not None:
         _whole("vocabulary size", n_vocab, 1, MAX_VOCAB)
     # the tensors these numbers size: (GGUF order) input width, then output width

@@ -5,12 +5,19 @@ llama-imatrix writes GGUF (``general.type = imatrix``; per weight ``<name>.in_su
 own loader falls back to that older layout for anything that is not a valid GGUF and trusts
 its length fields, so a damaged file can make it allocate gigabytes or abort: we check the
 structure here first and return the weight names the matrix covers.
+
+:func:`load_imatrix` then reads the values the way llama-quantize does (its loader and its
+normalisation, the same float32 arithmetic), so the one-pass converter hands ggml's kernels
+the very weights llama-quantize would.
 """
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from quantize.errors import ConvertError
 
@@ -94,3 +101,93 @@ def _legacy_entries(path: Path, size: int) -> set[str]:
             f.seek(4 * n_values, 1)
             names.add(name)
     return names
+
+
+@dataclass
+class Imatrix:
+    """An importance matrix as llama-quantize hands it to llama.cpp: per weight name, the
+    mean squared activation of each input column (one run of columns per expert)."""
+
+    path: Path
+    data: dict[str, np.ndarray] = field(default_factory=dict)  # name -> float32 values
+    datasets: list[str] = field(default_factory=list)
+    chunk_count: int = 0
+
+    def metadata(self) -> list[tuple[str, object, str]]:
+        """The provenance keys llama-quantize records, as (key, value, "str" | "u32")."""
+        # llama-quantize copies the strings into 128-byte override fields
+        clip = lambda s: s.encode("utf-8")[:127].decode("utf-8", "ignore")  # noqa: E731
+        keys: list[tuple[str, object, str]] = [("quantize.imatrix.file", clip(str(self.path)), "str")]
+        if self.datasets:
+            keys.append(("quantize.imatrix.dataset", clip(self.datasets[0]), "str"))
+        keys.append(("quantize.imatrix.entries_count", len(self.data), "u32"))
+        if self.chunk_count > 0:
+            keys.append(("quantize.imatrix.chunks_count", self.chunk_count, "u32"))
+        return keys
+
+
+def load_imatrix(path: Path) -> Imatrix:
+    """The checked matrix at ``path``, normalised as llama-quantize normalises it."""
+    imatrix_entries(path)  # a clear refusal first
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    found = _load_gguf(path) if magic == b"GGUF" else _load_legacy(path)
+    bad = [n for n, v in found.data.items() if not np.isfinite(v).all()]
+    if bad:  # llama.cpp refuses these too ("imatrix contains non-finite value")
+        raise ConvertError(f"importance matrix {path} holds non-finite values (for {bad[0]}): {HOW_TO_MAKE}")
+    return found
+
+
+def _load_gguf(path: Path) -> Imatrix:
+    from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
+
+    reader = GGUFReader(path)
+    out = Imatrix(path)
+    ds = reader.fields.get("imatrix.datasets")
+    if ds is not None and ds.types == [GGUFValueType.ARRAY, GGUFValueType.STRING]:
+        out.datasets = [bytes(ds.parts[i]).decode("utf-8", "replace") for i in ds.data]
+    chunks = reader.fields.get("imatrix.chunk_count")
+    out.chunk_count = int(chunks.contents()) if chunks is not None else 0
+    by_name = {t.name: t for t in reader.tensors}
+    for name in sorted(n[: -len(".in_sum2")] for n in by_name if n.endswith(".in_sum2")):
+        sums, counts = by_name[name + ".in_sum2"], by_name[name + ".counts"]
+        if {sums.tensor_type, counts.tensor_type} != {GGMLQuantizationType.F32}:
+            raise ConvertError(f"importance matrix {path}: the sums and counts of {name} are not F32: "
+                               f"{HOW_TO_MAKE}")
+        s = np.asarray(sums.data, np.float32).reshape(-1)
+        # counts are rounded to whole numbers (std::lround), then divide as float32
+        c = np.asarray(counts.data, np.float32).reshape(-1).astype(np.float64)
+        c = (np.sign(c) * np.floor(np.abs(c) + 0.5)).astype(np.float32)
+        per = s.size // c.size
+        values = np.ones(s.size, np.float32)
+        for j, count in enumerate(c):
+            if count > 0:
+                values[j * per:(j + 1) * per] = s[j * per:(j + 1) * per] / count
+        out.data[name] = values
+    return out
+
+
+def _load_legacy(path: Path) -> Imatrix:
+    """llama-imatrix's .dat layout: values are sums times calls, divided by the calls here."""
+    out = Imatrix(path)
+    with open(path, "rb") as f:
+        blob = f.read()
+    pos = 4
+    (n_entries,) = struct.unpack_from("<i", blob, 0)
+    for _ in range(n_entries):
+        (length,) = struct.unpack_from("<i", blob, pos)
+        name = blob[pos + 4:pos + 4 + length].split(b"\0")[0].decode("utf-8")
+        pos += 4 + length
+        ncall, nval = struct.unpack_from("<ii", blob, pos)
+        pos += 8
+        sums = np.frombuffer(blob, np.float32, nval, pos).copy()
+        pos += 4 * nval
+        out.data[name] = sums / np.float32(ncall) if ncall > 0 else sums
+    if pos + 4 <= len(blob):  # the optional trailer: chunk count, then the dataset's name
+        (out.chunk_count,) = struct.unpack_from("<i", blob, pos)
+        if pos + 8 <= len(blob):
+            (length,) = struct.unpack_from("<i", blob, pos + 4)
+            if length > 0 and pos + 8 + length <= len(blob):
+                raw = blob[pos + 8:pos + 8 + length].split(b"\0")[0]
+                out.datasets.append(raw.decode("utf-8", "replace"))
+    return out

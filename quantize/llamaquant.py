@@ -1,10 +1,11 @@
 """The bridge to llama.cpp's own quantizer for K and IQ types.
 
-Without an importance matrix the binding's llama_model_quantize does the work in this
-process. With one, llama.cpp's llama-quantize tool does: the binding could pass the matrix
-as a C array, but reading both file layouts, normalising the sums by their counts and
-recording the quantize.imatrix.* provenance keys are the tool's own code, not the library's.
-`./install.sh --tools` builds the tool from the wheel's llama.cpp source into the venv's bin.
+The binding's llama_model_quantize runs in this process: the one-pass converter's dry run
+(which type each tensor gets; with an importance matrix passed as llama-quantize passes it,
+imatrix.py having read and normalised it the tool's way), and the two-pass way without a
+matrix. The two-pass way with a matrix runs llama.cpp's llama-quantize tool, which reads the
+file itself; `./install.sh --tools` builds it from the wheel's llama.cpp source into the
+venv's bin.
 """
 
 from __future__ import annotations
@@ -121,9 +122,11 @@ def llama_ftype(quant: str) -> int:
 
 
 def run_quantizer(src: Path, dst: Path, quant: str, threads: int | None, *,
-                  dry_run: bool = False) -> tuple[int, str]:
+                  dry_run: bool = False, imatrix=None) -> tuple[int, str]:
     """llama.cpp's llama_model_quantize in this process: (return code, its log). The log
-    (dozens of lines a run) is kept for the caller, not printed."""
+    (dozens of lines a run) is kept for the caller, not printed. ``imatrix`` (an
+    imatrix.Imatrix) is passed as llama-quantize passes it: some type rules depend on
+    whether there is one."""
     import ctypes
 
     import llama_cpp
@@ -133,6 +136,13 @@ def run_quantizer(src: Path, dst: Path, quant: str, threads: int | None, *,
     params.ftype = llama_ftype(quant)
     params.nthread = threads or os.cpu_count() or 1
     params.dry_run = dry_run
+    if imatrix is not None and imatrix.data:
+        entries = (llama_cpp.llama_model_imatrix_data * (len(imatrix.data) + 1))()  # NULL-ended
+        names = [name.encode() for name in imatrix.data]  # kept alive with the arrays below
+        for e, name, values in zip(entries, names, imatrix.data.values()):
+            e.name, e.size = name, values.size
+            e.data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
     log: list[str] = []
 
     @llama_cpp.llama_log_callback

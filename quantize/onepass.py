@@ -11,6 +11,10 @@ back: for the 671B R1 a 1.3 TB intermediate and two full passes. Here, instead:
    two-pass file would hold them, widened to float32 as llama.cpp does, and quantized by
    ggml's own ``ggml_quantize_chunk`` from the wheel's libggml-base. Rows are quantized one
    by one, so the bytes equal llama-quantize's on our F16/BF16 file.
+
+With an importance matrix the dry run gets it too (some of llama.cpp's type rules depend on
+having one), and each tensor's rows are quantized with its weights exactly as llama-quantize
+passes them: the matrix's entry for the tensor, one run of columns per expert of a 3-D tensor.
 """
 
 from __future__ import annotations
@@ -37,16 +41,18 @@ _BY_LOG_NAME = {name.lower(): name for name in F.GGML_TYPES}
 
 
 def plan_types(kvs: list[KV], slots: list[TensorSlot], quant: str, scratch: Path,
-               threads: int | None = None) -> dict[str, str]:
-    """Tensor name -> the type llama.cpp's quantizer gives it for ``quant``, from a dry run
-    over a skeleton of the intermediate ``slots`` (written at ``scratch``, then removed)."""
+               threads: int | None = None, imatrix=None) -> dict[str, str]:
+    """Tensor name -> the type llama.cpp's quantizer gives it for ``quant`` (with ``imatrix``,
+    an imatrix.Imatrix, if given), from a dry run over a skeleton of the intermediate
+    ``slots`` (written at ``scratch``, then removed)."""
     from quantize.llamaquant import failure_reason, run_quantizer
 
     try:
         with open(scratch, "wb") as f:
             writer = GGUFStreamWriter(f, kvs, slots)
             f.truncate(f.tell() + writer.data_bytes)  # a hole: llama.cpp's dry run reads none of it
-        rc, text = run_quantizer(scratch, Path(os.devnull), quant, threads, dry_run=True)
+        rc, text = run_quantizer(scratch, Path(os.devnull), quant, threads, dry_run=True,
+                                 imatrix=imatrix)
     finally:
         with suppress(OSError):
             scratch.unlink()
@@ -63,6 +69,39 @@ def plan_types(kvs: list[KV], slots: list[TensorSlot], quant: str, scratch: Path
         raise ConvertError(f"llama.cpp's quantizer did not say which type {missing[0]} gets "
                            f"({len(missing)} tensor(s)): convert with --two-pass")
     return types
+
+
+# llama.cpp's tensor_requires_imatrix: these types are garbage without weights (token_embd
+# and output excepted); Q2_K only in Q2_K_S, which we do not offer
+_NEEDS_WEIGHTS = {"IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_M", "IQ1_S"}
+_TOKEN_EMBD = ("token_embd.weight", "per_layer_token_embd.weight")
+
+
+def row_weights(slots: list[TensorSlot], via: dict[str, str], imatrix) -> dict[str, np.ndarray]:
+    """Tensor name -> the importance weights its rows are quantized with, by llama-quantize's
+    rules: only for a tensor whose type changes; none where the matrix lacks the tensor, or
+    (token_embd only) has another size; any other size, or none for a type that needs them,
+    is refused, as llama-quantize refuses it (here before any row is read)."""
+    weights: dict[str, np.ndarray] = {}
+    for s in slots:
+        if s.ggml == via[s.name]:
+            continue  # left as the intermediate holds it: copied, not quantized
+        values = imatrix.data.get(s.name)
+        experts = s.shape[0] if len(s.shape) == 3 else 1
+        if values is not None and values.size != s.shape[-1] * experts:
+            if s.name not in _TOKEN_EMBD:
+                raise ConvertError(f"importance matrix {imatrix.path}: imatrix size {values.size} is "
+                                   f"different from tensor size {s.shape[-1] * experts} for {s.name}: "
+                                   "make the importance matrix with llama-imatrix from this same model")
+            values = None
+        if values is None:
+            if s.ggml in _NEEDS_WEIGHTS and s.name not in (*_TOKEN_EMBD, "output.weight"):
+                raise ConvertError(f"importance matrix {imatrix.path} has no entry for {s.name}, which "
+                                   f"{s.ggml} cannot do without: make the importance matrix with "
+                                   "llama-imatrix from this same model")
+            continue
+        weights[s.name] = values
+    return weights
 
 
 class _GGML:
@@ -108,14 +147,31 @@ def widened(values: np.ndarray, stored: str, via: str) -> np.ndarray:
 
 
 def quantize_rows(values: np.ndarray, stored: str, via: str, ggml_type: str, n_per_row: int,
-                  out: np.ndarray) -> np.ndarray:
-    """Rows of ``values`` -> ``ggml_type`` bytes (in ``out``), by ggml's own kernel."""
-    src = np.ascontiguousarray(widened(values, stored, via))
+                  out: np.ndarray, weights: np.ndarray | None = None, row0: int = 0,
+                  rows_per_expert: int = 0) -> np.ndarray:
+    """Rows of ``values`` -> ``ggml_type`` bytes (in ``out``), by ggml's own kernel.
+
+    With ``weights`` (a tensor's importance weights), the rows are the tensor's from ``row0``
+    on, and each expert's rows (``rows_per_expert`` of them; 0: one matrix) get that expert's
+    run of ``n_per_row`` weights, as llama.cpp splits its chunks at expert boundaries."""
+    src = np.ascontiguousarray(widened(values, stored, via)).reshape(-1)
     nrows = src.size // n_per_row
     type_id, block, size = F.GGML_TYPES[ggml_type]
-    nbytes = nrows * (n_per_row // block) * size
+    row_bytes = (n_per_row // block) * size
+    nbytes = nrows * row_bytes
     dst = out[:nbytes]
-    got = ggml().quantize_chunk(type_id, src.ctypes.data, dst.ctypes.data, 0, nrows, n_per_row, None)
+    kernel = ggml()
+    if weights is None and kernel.requires_imatrix(type_id):
+        raise ConvertError(f"{ggml_type} needs an importance matrix (--imatrix FILE)")  # ggml would abort
+    per = rows_per_expert or (row0 + nrows)
+    got, row = 0, 0
+    while row < nrows:
+        at = row0 + row
+        n = nrows - row if weights is None else min(nrows - row, per - at % per)
+        w = None if weights is None else weights[(at // per) * n_per_row:].ctypes.data
+        got += kernel.quantize_chunk(type_id, src[row * n_per_row:].ctypes.data,
+                                     dst[row * row_bytes:].ctypes.data, 0, n, n_per_row, w)
+        row += n
     if got != nbytes:
         raise ConvertError(f"ggml wrote {got} bytes for {nrows} rows of {ggml_type}, not {nbytes}")
     return dst

@@ -1,6 +1,8 @@
 """Importance-matrix quantization end to end, with the llama.cpp tools install.sh builds into
 the venv: llama-imatrix makes a matrix from a tiny model, `r1local convert --imatrix` turns
-the checkpoint into IQ types that llama.cpp loads and runs. Bad matrices, a failing
+the checkpoint into IQ types that llama.cpp loads and runs. The one-pass file (no
+intermediate, no llama-quantize) holds the very tensors llama-quantize --imatrix makes of our
+F16/BF16 file, on Qwen2, Llama and DeepSeek-V3 (per-expert weights). Bad matrices, a failing
 llama-quantize and a missing one end in one line on stderr and no output file."""
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import hf_checkpoints as hfc
 from test_convert_cli import _assert_one_line_error
 
 from quantize.llamaquant import find_tool
+from quantize.quants import IMATRIX_QUANTS, LLAMA_QUANTS
 
 ROOT = Path(__file__).resolve().parent.parent
 CTX = 64  # llama-imatrix's chunk: the text must hold at least two
@@ -74,9 +77,110 @@ def work(tmp_path_factory) -> dict[str, Path]:
             "imatrix_digits": _imatrix(f16, digits, d / "digits.gguf")}
 
 
-def _convert(work, out: Path, quant: str, imatrix: Path) -> subprocess.CompletedProcess:
+def _convert(work, out: Path, quant: str, imatrix: Path, *extra: str) -> subprocess.CompletedProcess:
     return _cli(str(work["ckpt"]), "--quant", quant, "--imatrix", str(imatrix), "-o", str(out),
-                "--threads", "2")
+                "--threads", "2", *extra)
+
+
+# --- one pass with a matrix: llama-quantize --imatrix's tensors, no intermediate -----------
+
+# Every type on Qwen2. On Llama and DeepSeek-V3 every K/IQ4 type and the IQ types whose
+# lookup grids build fast: IQ1_S/IQ1_M/IQ2_XS/IQ2_S/IQ2_M cost 10-25 s per llama-quantize run
+# for their grids alone, and Qwen2 covers them
+FAST_IQ = ("IQ2_XXS", "IQ3_XXS", "IQ3_S")
+BYTE_CASES = ([("qwen2", q) for q in (*LLAMA_QUANTS, *IMATRIX_QUANTS)]
+              + [(a, q) for a in ("llama", "deepseek_v3") for q in (*LLAMA_QUANTS, *FAST_IQ)])
+
+
+@pytest.fixture(scope="module")
+def matrices(work, tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """arch -> (checkpoint, a matrix llama-imatrix made from its F16 file): Qwen2's GGUF one,
+    Llama's in the .dat layout, DeepSeek-V3's (BF16, 8 experts: per-expert counts) GGUF."""
+    d = tmp_path_factory.mktemp("matrices")
+    prose = "\n".join(hfc.CORPUS * 6)
+    found = {"qwen2": (work["ckpt"], work["imatrix"])}
+    for arch, ckpt, extra in (("llama", hfc.llama_checkpoint(), ("--output-format", "dat")),
+                              ("deepseek_v3", hfc.deepseek_v3_checkpoint(dtype="bfloat16"), ())):
+        f16 = d / f"{arch}-f16.gguf"
+        proc = _cli(str(ckpt), "--quant", "F16", "-o", str(f16))
+        assert proc.returncode == 0, proc.stderr
+        found[arch] = (ckpt, _imatrix(f16, prose, d / f"{arch}.{'dat' if extra else 'gguf'}", *extra))
+        f16.unlink()
+    return found
+
+
+def _tensors(path: Path) -> dict[str, tuple[str, bytes]]:
+    from gguf import GGUFReader
+
+    return {t.name: (t.tensor_type.name, bytes(t.data)) for t in GGUFReader(path).tensors}
+
+
+def _fields(path: Path, *keys: str) -> dict:
+    from gguf import GGUFReader
+
+    fields = GGUFReader(path).fields
+    return {k: fields[k].contents() for k in keys if k in fields}
+
+
+PROVENANCE = ("general.file_type", "quantize.imatrix.file", "quantize.imatrix.dataset",
+              "quantize.imatrix.entries_count", "quantize.imatrix.chunks_count")
+
+
+@pytest.mark.parametrize("arch,quant", BYTE_CASES)
+def test_one_pass_with_imatrix_equals_llama_quantize(matrices, tmp_path, arch, quant):
+    from quantize import convert
+
+    ckpt, imatrix = matrices[arch]
+    one_dir, two_dir = tmp_path / "one", tmp_path / "two"
+    one = convert(ckpt, one_dir / "m.gguf", quant, imatrix=imatrix, threads=2, progress=False)
+    assert sorted(p.name for p in one_dir.iterdir()) == ["m.gguf"]  # no intermediate, no skeleton
+    two = convert(ckpt, two_dir / "m.gguf", quant, imatrix=imatrix, threads=2, progress=False,
+                  two_pass=True)
+    a, b = _tensors(one), _tensors(two)
+    assert set(a) == set(b)
+    differ = [n for n in b if a[n] != b[n]]
+    assert not differ, f"{len(differ)} tensor(s) differ, first {differ[0]}: {a[differ[0]][0]} vs {b[differ[0]][0]}"
+    assert any(t not in ("F32", "F16", "BF16") for t, _ in a.values())
+    # and the same provenance: the matrix, its dataset, entry and chunk counts
+    got = _fields(one, *PROVENANCE)
+    assert got == _fields(two, *PROVENANCE) and len(got) == len(PROVENANCE), got
+
+
+def _dat(values: dict[str, np.ndarray]) -> bytes:
+    """An importance matrix in the .dat layout holding ``values`` as they are (one call)."""
+    blob = struct.pack("<i", len(values))
+    for name, v in values.items():
+        raw = name.encode()
+        blob += struct.pack("<i", len(raw)) + raw + struct.pack("<ii", 1, v.size)
+        blob += np.asarray(v, np.float32).tobytes()
+    return blob
+
+
+def test_each_expert_gets_its_own_weights(matrices, tmp_path):
+    """The equality above covers the per-expert slices: DeepSeek-V3's expert tensors (Q4_K_M,
+    one pass) come out the same from the matrix as from its normalised values rewritten as a
+    .dat file, and differ when every expert is given the first expert's weights, or none."""
+    from quantize import convert
+    from quantize.imatrix import load_imatrix
+
+    ckpt, imatrix = matrices["deepseek_v3"]
+    values = load_imatrix(imatrix).data
+    same, first = tmp_path / "same.dat", tmp_path / "first.dat"
+    same.write_bytes(_dat(values))
+    first.write_bytes(_dat({n: np.tile(v[: v.size // 8], 8) if "_exps." in n else v
+                            for n, v in values.items()}))
+
+    def experts(matrix: Path | None, name: str) -> dict[str, bytes]:
+        out = convert(ckpt, tmp_path / name, "Q4_K_M", imatrix=matrix, threads=2, progress=False)
+        return {n: data for n, (_, data) in _tensors(out).items() if "_exps." in n}
+
+    real = experts(imatrix, "real.gguf")
+    assert len(real) == 6  # gate/up/down of the 2 MoE layers
+    assert experts(same, "same.gguf") == real
+    wrong = experts(first, "first.gguf")
+    assert all(wrong[n] != real[n] for n in real)
+    none = experts(None, "none.gguf")
+    assert all(none[n] != real[n] for n in real)
 
 
 def _last_logits(model: Path, prompt: bytes) -> np.ndarray:
@@ -196,6 +300,10 @@ def _bad(kind: str, work, path: Path) -> Path:
         path.write_bytes(dat[: len(dat) // 2])
     elif kind == "other model":
         path.write_bytes(_legacy({"blk.0.mixer.weight": 256, "blk.1.mixer.weight": 256}))
+    elif kind == "non-finite":
+        bad = np.ones(256, np.float32)
+        bad[7] = np.nan
+        path.write_bytes(_dat({"blk.0.attn_q.weight": bad}))
     return path
 
 
@@ -209,6 +317,7 @@ def _bad(kind: str, work, path: Path) -> Path:
     ("model gguf", ["'model'", "not an importance matrix"]),
     ("truncated dat", ["not an importance matrix", "truncated"]),
     ("other model", ["no entry for any weight of this model", "llama-imatrix"]),
+    ("non-finite", ["non-finite", "blk.0.attn_q.weight", "llama-imatrix"]),
 ])
 def test_bad_imatrix_files(work, tmp_path, kind, needles):
     out_dir = tmp_path / "out"
@@ -219,18 +328,20 @@ def test_bad_imatrix_files(work, tmp_path, kind, needles):
     assert len(line) < 400
 
 
-def test_llama_quantize_failure_is_one_line(work, tmp_path):
-    """Right names, wrong row length: our checks pass it, llama-quantize refuses it, and its
-    reason (not its log) is what the user sees."""
+@pytest.mark.parametrize("two_pass", [False, True])
+def test_wrong_row_length_is_one_line(work, tmp_path, two_pass):
+    """Right names, wrong row length: one pass refuses it as llama-quantize does, before any
+    row is read; with --two-pass llama-quantize refuses it, and its reason (not its log) is
+    what the user sees."""
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     bad = tmp_path / "short.dat"
     names = [f"blk.{i}.{w}.weight" for i in range(2)
              for w in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")]
     bad.write_bytes(_legacy({n: 100 for n in names}))
-    proc = _convert(work, out_dir / "m.gguf", "IQ2_XXS", bad)
-    line = _assert_one_line_error(proc, out_dir, "llama-quantize", "IQ2_XXS", "imatrix size 100",
-                                  "llama-imatrix")
+    proc = _convert(work, out_dir / "m.gguf", "IQ2_XXS", bad, *(["--two-pass"] if two_pass else []))
+    needles = ["llama-quantize", "IQ2_XXS"] if two_pass else [str(bad), "blk.0.attn_q.weight"]
+    line = _assert_one_line_error(proc, out_dir, *needles, "imatrix size 100", "llama-imatrix")
     assert len(line) < 400
 
 
@@ -240,7 +351,8 @@ def test_imatrix_with_a_streamed_type_is_refused(work, tmp_path):
 
 
 def test_missing_llama_quantize(work, tmp_path):
-    """Neither in the venv's bin nor on PATH: one line that says how to get it, before any work."""
+    """Neither in the venv's bin nor on PATH: one pass does not need it; --two-pass says in one
+    line how to get it, before any work."""
     empty = tmp_path / "empty-bin"
     empty.mkdir()
     # the real interpreter, made to believe its bin folder is one without the tools
@@ -253,7 +365,12 @@ def test_missing_llama_quantize(work, tmp_path):
             "runpy.run_module('r1local', run_name='__main__')"]
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    proc = _cli(str(work["ckpt"]), "--quant", "IQ2_XXS", "--imatrix", str(work["imatrix"]),
-                "-o", str(out_dir / "m.gguf"), env={"PATH": str(empty)},
-                python=[sys.executable, "-c", "\n".join(fake)])
+    args = [str(work["ckpt"]), "--quant", "IQ2_XXS", "--imatrix", str(work["imatrix"]),
+            "-o", str(out_dir / "m.gguf")]
+    run = lambda *more: _cli(*args, *more, env={"PATH": str(empty)},  # noqa: E731
+                             python=[sys.executable, "-c", "\n".join(fake)])
+    proc = run("--two-pass")
     _assert_one_line_error(proc, out_dir, "llama-quantize", str(empty), "PATH", "./install.sh --tools")
+    proc = run()
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out_dir.iterdir()) == ["m.gguf"]

@@ -5,6 +5,8 @@ Llama and DeepSeek-V3 (MoE, MLA) checkpoints."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import hf_checkpoints as hfc
@@ -51,3 +53,32 @@ def test_one_pass_equals_llama_quantize_on_our_f16(arch, quant, out_dir):
     ftype = GGUFReader(str(one)).fields["general.file_type"]
     assert int(ftype.parts[ftype.data[0]][0]) == getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant}")
     assert sorted(p.name for p in out_dir.glob(f"{arch}-{quant}-*")) == [one.name, two.name]
+
+
+@pytest.mark.parametrize("groups,used", [(8, 2), (4, 4), (3, 1)])
+def test_expert_groups_llama_cpp_would_abort_on(tmp_path, groups, used):
+    """n_group must divide the experts, be fewer than them and more than topk_group: llama.cpp
+    asserts it (the dry run's model load would abort the process), so convert refuses such a
+    config in one line first."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    src = CHECKPOINTS["deepseek_v3"]()
+    bad = tmp_path / "ckpt"
+    bad.mkdir()
+    for f in src.iterdir():
+        if f.name != "config.json":
+            (bad / f.name).symlink_to(f)
+    config = json.loads((src / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**config, "n_group": groups, "topk_group": used}))
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "quantize", str(bad), "--quant", "Q4_K_M",
+                           "-o", str(tmp_path / "m.gguf"), "--no-progress"], cwd=root,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "n_group" in lines[0] and "fix the config" in lines[0], proc.stderr
+    assert not list(tmp_path.glob("m.gguf*"))

@@ -145,13 +145,17 @@ class DeepseekV3(Arch):
         return kvs
 
     def check(self, shape_of: Callable[[str], tuple[int, ...]], names: set[str]) -> None:
-        super().check(shape_of, names)
         n_expert = self.config.get("n_routed_experts")
         groups = self.config.get("n_group")
-        if n_expert and groups and (self.whole("n_routed_experts") % self.whole("n_group")
-                                    or self.whole("topk_group") > self.whole("n_group")):
+        # llama.cpp asserts these (it aborts on a file that breaks them)
+        if n_expert and groups is not None and self.whole("n_group") > 1 and (
+                self.whole("n_routed_experts") % self.whole("n_group")
+                or self.whole("n_group") >= self.whole("n_routed_experts")
+                or not 0 < self.whole("topk_group", default=0) < self.whole("n_group")):
             raise ConvertError(f"config.json's n_group ({groups}) must divide n_routed_experts "
-                               f"({n_expert}) and be at least topk_group: fix the config")
+                               f"({n_expert}), be fewer than them, and be more than topk_group "
+                               f"({self.config.get('topk_group')}, at least 1): fix the config")
+        super().check(shape_of, names)  # after: its message names GGUF keys, not config.json's
 
     def jobs(self, names: list[str], shape_of: Callable[[str], tuple[int, ...]]) -> list[TensorJob]:
         present = set(names)
