@@ -7,11 +7,13 @@ stand-in (random weights, its reasoning never ends). The browser can resolve no 
 reach no address but loopback, as on a machine without network; every request it makes is
 logged and checked against the server's own host.
 
-Screenshots of the main states go to build/web-chat/ (R1LOCAL_SCREENSHOTS moves them).
+Screenshots of the main states go to docs/screenshots/, which the README links
+(R1LOCAL_SCREENSHOTS moves them).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -27,7 +29,7 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHOTS = Path(os.environ.get("R1LOCAL_SCREENSHOTS", ROOT / "build" / "web-chat"))
+SHOTS = Path(os.environ.get("R1LOCAL_SCREENSHOTS", ROOT / "docs" / "screenshots"))
 CHROMIUM = shutil.which("chromium")
 QUESTION = "What is 3+4?"
 REASONING = "I need to add 3 and 4. three plus four is seven."
@@ -35,6 +37,9 @@ TIMEOUT_MS = 60_000
 
 try:
     from playwright.sync_api import Page, expect, sync_playwright
+
+    # a reply on a busy 2-core machine can take longer than expect's default 5 s
+    expect.set_options(timeout=TIMEOUT_MS)
 except ImportError:  # the test extra is not installed: said by _browser_or_skip
     sync_playwright = None
     Page = object
@@ -210,14 +215,30 @@ def watch_thinking(page: Page) -> None:
     page.evaluate("""() => {
         window.__seen = [];
         window.__status = [];
+        window.__bars = [];  // every load fraction the page showed, in order
         new MutationObserver(() => {
             const d = document.querySelector('.message.assistant details.thinking');
             if (d && !d.hidden) window.__seen.push([d.open, d.querySelector('summary').textContent]);
         }).observe(document.getElementById('messages'),
                    {subtree: true, childList: true, characterData: true, attributes: true});
-        new MutationObserver(() => window.__status.push(document.getElementById('status').textContent))
+        new MutationObserver((records) => {
+            window.__status.push(document.getElementById('status').textContent);
+            for (const r of records) for (const n of r.addedNodes) {
+                if (n.nodeName === 'PROGRESS') window.__bars.push(n.value);
+            }
+        })
             .observe(document.getElementById('status'), {subtree: true, childList: true});
     }""")
+
+
+def check_load(ndjson: str, model: str) -> None:
+    """/web/loading's lines are llama.cpp's fractions for a real load: several, rising,
+    ending at 1, then the line that says it loaded."""
+    lines = [json.loads(x) for x in ndjson.splitlines()]
+    fractions = [x["progress"] for x in lines[:-1]]
+    assert lines[-1] == {"model": model, "done": True, "loaded": True, "progress": 1.0}, lines
+    assert len(fractions) >= 2 and fractions[0] < 1.0 and fractions[-1] == 1.0, fractions
+    assert all(a < b for a, b in zip(fractions, fractions[1:])), fractions
 
 
 # ---- the tests ---------------------------------------------------------------------------
@@ -235,6 +256,8 @@ def test_root_serves_the_page_to_browsers_and_the_probe_text_to_others(opened):
     assert httpx.head(srv.url + "/").status_code == 200
     for asset in ("/web/app.js", "/web/vendor/katex/katex.min.js", "/web/vendor/VENDOR.md"):
         assert httpx.get(srv.url + asset).status_code == 200, asset
+    unknown = httpx.get(srv.url + "/web/loading", params={"model": "nosuch"})
+    assert unknown.status_code == 404 and "nosuch" in unknown.json()["error"]
     verdicts = {m["name"]: m for m in httpx.get(srv.url + "/web/models").json()["models"]}
     assert verdicts["micro:latest"]["fits"] and verdicts["micro:latest"]["reason"]
     # the page's thinking budget: Ollama's options plus r1local's own think_budget
@@ -252,10 +275,25 @@ def test_root_serves_the_page_to_browsers_and_the_probe_text_to_others(opened):
 def test_ask_reasoning_collapses_answer_renders_and_reload_keeps_it(tab, opened):
     page = tab.page
     expect(page.locator("#model option")).to_have_count(2)
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") == \
+        "rgb(255, 255, 255)"  # the light palette, as this browser's system theme is light
     choose(page, "micro")
     settings(page, Temperature="0")
     watch_thinking(page)
+    # hold the question in the browser a moment: the page says the model is loading
+    held = []
+    page.route("**/api/chat", lambda route: held.append(route))
     ask(page, QUESTION)
+    expect(page.locator("#status")).to_have_text("Loading micro:latest… 0%")
+    expect(page.locator("#status progress")).to_have_attribute("aria-label",
+                                                               "Loading micro:latest")
+    tab.shot("loading")
+    for _ in range(500):  # the page sends the question right after saying so
+        if held:
+            break
+        page.wait_for_timeout(20)
+    held[0].continue_()
+    page.unroute("**/api/chat")
     reply = page.locator(".message.assistant").last
     expect(reply.locator(".answer strong")).to_have_text("7")
     expect(reply.locator(".answer")).to_have_text("3 + 4 = 7.")
@@ -264,9 +302,12 @@ def test_ask_reasoning_collapses_answer_renders_and_reload_keeps_it(tab, opened)
     assert thinking.get_attribute("open") is None  # collapsed once the answer came
     expect(thinking.locator(".thinking-text")).to_have_text(REASONING)
     seen = page.evaluate("window.__seen")
-    assert [True, "Thinking…"] in seen  # it was open, live, while the reasoning streamed
-    # the first reply loaded the model, and the page said so while it waited
-    assert any(s.startswith("Loading micro:latest…") for s in page.evaluate("window.__status"))
+    # it was open, live, with its counter, while the reasoning streamed
+    assert any(is_open and re.fullmatch(r"Thinking… \d+ s", label) for is_open, label in seen)
+    # the first reply loaded the model: the page showed llama.cpp's own load fractions as
+    # /web/loading reported them, rising through values between 0 and 1 to 1
+    bars = page.evaluate("window.__bars")
+    assert bars == sorted(bars) and bars[-1] == 1.0 and any(0 < b < 1 for b in bars), bars
     expect(reply.locator(".meta")).to_have_text(
         re.compile(r"^\d+ tokens · [\d.]+ tok/s · context \d+ of \d+$"))
     tab.shot("answer")
@@ -306,6 +347,19 @@ def test_edit_a_turn_and_regenerate(tab):
     expect(page.locator(".message.assistant .answer strong")).to_have_text("7")
 
 
+def test_thinking_budget_from_the_settings_cuts_the_reasoning(tab):
+    page = tab.page
+    choose(page, "micro")
+    # 3 tokens of reasoning; the answer after a cut reasoning rambles: 40 tokens of it
+    settings(page, Temperature="0", **{"Thinking budget": "3", "Max reply tokens": "40"})
+    ask(page, QUESTION)
+    expect(page.locator("#stop")).to_be_hidden()
+    thought = page.locator(".message.assistant .thinking-text").text_content().strip()
+    assert thought and len(thought) < len(REASONING) and REASONING.startswith(thought)
+    expect(page.locator(".message.assistant summary")).to_have_text(
+        re.compile(r"^Thought for [\d.]+ s$"))
+
+
 def test_conversations_rename_export_delete(tab):
     import json
 
@@ -317,12 +371,19 @@ def test_conversations_rename_export_delete(tab):
     page.get_by_role("button", name="New chat").click()
     expect(page.locator("#conversations li")).to_have_count(2)
     expect(page.locator(".message")).to_have_count(0)
+    page.get_by_role("button", name="Settings").click()  # a new chat starts from the defaults
+    expect(page.get_by_label("System prompt")).to_have_value("")
+    expect(page.get_by_label("Temperature")).to_have_value("")
+    page.get_by_role("button", name="Done").click()
     first = page.locator("#conversations li").nth(1)
     page.once("dialog", lambda d: d.accept("Arithmetic"))
     first.get_by_role("button", name=f"Rename {QUESTION}").click()
     expect(first.locator(".conv-title")).to_have_text("Arithmetic")
     first.locator(".conv-title").click()
     expect(page.locator(".message.assistant .answer strong")).to_have_text("7")
+    page.get_by_role("button", name="Settings").click()  # and the first kept its own
+    expect(page.get_by_label("System prompt")).to_have_value("Be brief.")
+    page.get_by_role("button", name="Done").click()
     with page.expect_download() as got:
         page.get_by_role("button", name="JSON").click()
     data = json.loads(Path(got.value.path()).read_text())
@@ -349,10 +410,14 @@ def test_stop_cancels_a_long_reply_on_the_server(tab, opened):
     ask(page, "Tell me a long story.")
     reply = page.locator(".message.assistant").last
     expect(reply.locator(".thinking-text")).not_to_be_empty()
-    expect(reply.locator("summary")).to_have_text("Thinking…")
+    summary = reply.locator("summary")
+    expect(summary).to_have_text(re.compile(r"^Thinking… \d+ s$"))
+    seconds = int(re.search(r"\d+", summary.text_content()).group(0))
+    expect(summary).to_have_text(f"Thinking… {seconds + 1} s")  # the counter moves on
     tab.shot("thinking")
     page.keyboard.press("Escape")  # Esc stops, as the Stop button does
     expect(reply.locator(".error")).to_have_text("Stopped.")
+    expect(reply.locator("summary")).to_have_text(re.compile(r"^Thought for [\d.]+ s \(stopped\)$"))
     expect(page.get_by_role("button", name="Send")).to_be_visible()
     line = srv.wait_for_log(r"r1local: cancelled a reply from standin after (\d+) tokens")
     assert int(re.search(r"after (\d+)", line).group(1)) < 100000
@@ -435,7 +500,7 @@ def test_api_key_unfitting_model_and_server_down(browser, home, tmp_path):
         # the page and its files need no key; the probe, the APIs and /web/models do
         assert httpx.get(srv.url + "/", headers={"Accept": "text/html"}).status_code == 200
         assert httpx.get(srv.url + "/web/app.js").status_code == 200
-        for path in ("/", "/web/models", "/api/tags"):
+        for path in ("/", "/web/models", "/web/loading?model=micro", "/api/tags"):
             assert httpx.get(srv.url + path).status_code == 401, path
         page = t.page
         dialog = page.get_by_role("dialog", name="API key")
@@ -463,15 +528,31 @@ def test_api_key_unfitting_model_and_server_down(browser, home, tmp_path):
         srv.stop()
 
 
-def test_run_web_serves_the_model_and_opens_the_page(home, tmp_path, micro_reasoner):
+def test_run_web_serves_a_file_and_the_picker_gives_its_fit(browser, home, tmp_path,
+                                                            micro_reasoner):
+    """`run --web FILE` with a store that does not hold FILE: the page lists the file, with
+    the planner's note as for store models, and loading it had reported its progress."""
     env, landed = fake_browser(tmp_path)
-    srv = Served(home, argv=("run", "--web", str(micro_reasoner)),
+    srv = Served(tmp_path / "empty-home", argv=("run", "--web", str(micro_reasoner)),
                  env={**env, "R1LOCAL_HOST": "127.0.0.1:0"})  # port 0: a free one
     try:
         assert opened_url(landed) == srv.url + "/"
         assert re.search(r"r1local: loaded .*micro", srv.log)  # loaded before it listened
         ps = httpx.get(srv.url + "/api/ps").json()["models"]
-        assert len(ps) == 1 and "micro" in ps[0]["name"]
+        assert len(ps) == 1 and ps[0]["name"] == str(micro_reasoner)
+        verdicts = httpx.get(srv.url + "/web/models").json()["models"]
+        assert [v["name"] for v in verdicts] == [str(micro_reasoner)] and verdicts[0]["fits"]
+        # the load that ran at start, as the page would follow it
+        loaded = httpx.get(srv.url + "/web/loading", params={"model": str(micro_reasoner)})
+        check_load(loaded.text, str(micro_reasoner))
+        t = Tab(browser, srv.url + "/")
+        try:
+            page = t.page
+            expect(page.locator("#model option")).to_have_text([str(micro_reasoner)])
+            expect(page.locator("#model-note")).to_have_text(
+                f"{verdicts[0]['placement']}, context {verdicts[0]['context']}")
+        finally:
+            t.close()
     finally:
         srv.stop()
     assert srv.proc.returncode == 0

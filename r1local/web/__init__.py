@@ -4,8 +4,9 @@
                  Markdown, sanitiser, highlighting and math libraries, with their licences:
                  static/vendor/VENDOR.md)
 - routes.py      the routes: `/` (the page for browsers, "r1local is running" for other
-                 clients), `/web/*` (the static files), `/web/models` (each store model's
-                 fit verdict on this machine)
+                 clients), `/web/*` (the static files), `/web/models` (each listed model's
+                 fit verdict on this machine), `/web/loading` (a model's load, as llama.cpp
+                 reports its progress)
 
 Everything the page loads ships inside the package, so it works offline.
 """

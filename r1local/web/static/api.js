@@ -1,6 +1,6 @@
 // The server's own APIs, same origin: Ollama's /api/chat stream (NDJSON; the reasoning
-// arrives in message.thinking, apart from message.content), /api/tags, /api/ps, and
-// /web/models (the planner's verdict per store model).
+// arrives in message.thinking, apart from message.content), /api/tags, /api/ps,
+// /web/models (the planner's verdict per model) and /web/loading (a model's load progress).
 
 const KEY = "r1local.apiKey";
 
@@ -49,27 +49,12 @@ export async function getJson(path) {
   return (await call(path)).json();
 }
 
-/**
- * Stream one chat reply. ``onPiece(thinking, content)`` gets each piece as it comes;
- * resolves with the final line (done_reason, counts, durations).
- */
-export async function streamChat(body, { signal, onPiece }) {
-  const response = await call("/api/chat", {
-    method: "POST", body: JSON.stringify({ ...body, stream: true }), signal,
-    headers: { "Content-Type": "application/json" },
-  });
+// Call ``handle`` with each line of an NDJSON body as it arrives. A lost connection rejects
+// with ApiError "down", an abort with its AbortError, ``handle``'s own errors as they are.
+async function eachLine(response, handle) {
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
   let buffered = "";
-  let final = null;
-  const handle = (line) => {
-    if (!line.trim()) return;
-    const obj = JSON.parse(line);
-    if (obj.error) throw new ApiError(/context/i.test(obj.error) ? "context" : "stream", obj.error);
-    const msg = obj.message || {};
-    if (msg.thinking || msg.content) onPiece(msg.thinking || "", msg.content || "");
-    if (obj.done) final = obj;
-  };
   for (;;) {
     let chunk;
     try {
@@ -82,9 +67,44 @@ export async function streamChat(body, { signal, onPiece }) {
     buffered += decoder.decode(chunk.value, { stream: true });
     const lines = buffered.split("\n");
     buffered = lines.pop();
-    lines.forEach(handle);
+    lines.forEach((line) => line.trim() && handle(JSON.parse(line)));
   }
-  handle(buffered);
+  if (buffered.trim()) handle(JSON.parse(buffered));
+}
+
+/**
+ * Stream one chat reply. ``onPiece(thinking, content)`` gets each piece as it comes;
+ * resolves with the final line (done_reason, counts, durations).
+ */
+export async function streamChat(body, { signal, onPiece }) {
+  const response = await call("/api/chat", {
+    method: "POST", body: JSON.stringify({ ...body, stream: true }), signal,
+    headers: { "Content-Type": "application/json" },
+  });
+  let final = null;
+  await eachLine(response, (obj) => {
+    if (obj.error) throw new ApiError(/context/i.test(obj.error) ? "context" : "stream", obj.error);
+    const msg = obj.message || {};
+    if (msg.thinking || msg.content) onPiece(msg.thinking || "", msg.content || "");
+    if (obj.done) final = obj;
+  });
   if (!final) throw new ApiError("down", "the reply ended early: the server may have stopped");
   return final;
+}
+
+/**
+ * Follow a model's load (/web/loading): ``onProgress(fraction)`` for each fraction
+ * llama.cpp reports; resolves with the last line ({done, loaded, progress, error?}), or
+ * null when there is none (the chat request itself says what went wrong).
+ */
+export async function watchLoad(model, { signal, onProgress }) {
+  let last = null;
+  try {
+    const response = await call(`/web/loading?model=${encodeURIComponent(model)}`, { signal });
+    await eachLine(response, (obj) => {
+      if (obj.done) last = obj;
+      else if (typeof obj.progress === "number") onProgress(obj.progress);
+    });
+  } catch { /* aborted, refused or cut: the chat request reports what matters */ }
+  return last;
 }

@@ -1,7 +1,7 @@
 // The chat page: wires the model picker, the conversation list, the message view and the
 // composer to api.js (the server), conversations.js (localStorage) and render.js.
 
-import { ApiError, apiKey, getJson, setApiKey, streamChat } from "./api.js";
+import { ApiError, apiKey, getJson, setApiKey, streamChat, watchLoad } from "./api.js";
 import * as store from "./conversations.js";
 import { renderInto } from "./render.js";
 
@@ -20,6 +20,8 @@ const SETTING_INPUTS = {
   think_budget: "set-think-budget", num_ctx: "set-num-ctx", num_predict: "set-max-tokens",
 };
 const RETRY_MS = 5000;  // how often a page that lost the server looks for it again
+const TICK_MS = 250;    // the "Thinking… N s" counter's refresh
+const LOAD_GRACE_MS = 1000;  // how long a finished reply lets the load's stream end by itself
 
 const state = {
   conversations: store.loadAll(),
@@ -35,6 +37,17 @@ function showStatus(text, kind = "info") {
   el.status.hidden = !text;
   el.status.textContent = text || "";
   el.status.dataset.kind = kind;
+}
+
+// "Loading MODEL… 42%" with a bar: the fraction llama.cpp reports as it loads the model
+function showLoading(model, fraction) {
+  const bar = document.createElement("progress");
+  bar.max = 1;
+  bar.value = fraction;
+  bar.setAttribute("aria-label", `Loading ${model}`);
+  el.status.replaceChildren(`Loading ${model}… ${Math.floor(fraction * 100)}%`, bar);
+  el.status.hidden = false;
+  el.status.dataset.kind = "info";
 }
 
 function explain(err) {
@@ -225,17 +238,18 @@ function assistantView(article) {
   return { article, thinking, summary, thinkingText, answer, meta, error, tools };
 }
 
-function thoughtLabel(m, streaming) {
-  if (streaming && m.thoughtSeconds == null) return "Thinking…";
+// live: "Thinking… 3 s", counted from the first piece of reasoning; then "Thought for 3.2 s"
+function thoughtLabel(m, streaming, thinkingFor) {
+  if (streaming && m.thoughtSeconds == null) return `Thinking… ${Math.floor(thinkingFor)} s`;
   const s = m.thoughtSeconds ?? 0;
   return `Thought for ${s < 10 ? s.toFixed(1) : Math.round(s)} s${m.stopped && !m.content ? " (stopped)" : ""}`;
 }
 
-function fillAssistant(view, m, { streaming }) {
+function fillAssistant(view, m, { streaming, thinkingFor = 0 }) {
   if (m.thinking) {
     view.thinking.hidden = false;
     view.thinkingText.textContent = m.thinking;
-    view.summary.textContent = thoughtLabel(m, streaming);
+    view.summary.textContent = thoughtLabel(m, streaming, thinkingFor);
     view.thinking.open = streaming && m.thoughtSeconds == null;
   }
   renderInto(view.answer, m.content || "");
@@ -279,11 +293,36 @@ async function loadedModels() {
   }
 }
 
+function slotOf(ps, model) {
+  return ps?.find((p) => p.name === model || p.model === model);
+}
+
 async function contextSize(conv) {
   if (conv.settings.num_ctx) return Number(conv.settings.num_ctx);
-  const ps = await loadedModels();
-  const slot = ps?.find((p) => p.name === conv.model || p.model === conv.model);
+  const slot = slotOf(await loadedModels(), conv.model);
   return slot ? slot.default_context_length || slot.context_length : 0;
+}
+
+// Whether this reply has to load the model first: not loaded, or a larger context asked for
+function needsLoad(ps, conv) {
+  if (!ps) return false;  // /api/ps unanswered: the chat request will say why
+  const slot = slotOf(ps, conv.model);
+  const want = Number(conv.settings.num_ctx) || 0;
+  return !slot || want > slot.context_length;
+}
+
+// Show the model's load, each fraction llama.cpp reports, until its stream ends (the first
+// piece of the reply can come a moment before the load's last line). ``phase()``: "waiting",
+// "answering" or "finished" (then nothing more is shown).
+function followLoad(model, signal, phase) {
+  showLoading(model, 0);
+  return watchLoad(model, {
+    signal,
+    onProgress(fraction) { if (phase() !== "finished") showLoading(model, fraction); },
+  }).then((last) => {
+    if (phase() === "finished" || el.status.dataset.kind !== "info") return;
+    showStatus(last?.loaded && phase() === "waiting" ? `${model} is loaded; the reply starts…` : "");
+  });
 }
 
 async function generate() {
@@ -303,32 +342,44 @@ async function generate() {
   const view = assistantView(article);
   setBusy(true);
 
-  const ps = await loadedModels();
-  const loaded = ps?.some((p) => p.name === conv.model || p.model === conv.model);
-  showStatus(loaded === false ? `Loading ${conv.model}… (the first reply waits for the model ` +
-                                "to load; the API reports no progress)" : "", "info");
   const controller = new AbortController();
   state.controller = controller;
+  const loadController = new AbortController();
+  let phase = "waiting";
+  let loadShown = false;  // the status line belongs to the load until its stream ends
+  const loading = needsLoad(await loadedModels(), conv)
+    ? followLoad(conv.model, loadController.signal, () => phase) : null;
+  if (loading) {
+    loadShown = true;
+    loading.then(() => { loadShown = false; });
+  }
   const started = performance.now();
   let thinkingStarted = null;
   let frame = 0;
+  const thinkingFor = () => (performance.now() - (thinkingStarted ?? started)) / 1000;
   const redraw = () => {
     frame = 0;
-    fillAssistant(view, reply, { streaming: true });
+    fillAssistant(view, reply, { streaming: true, thinkingFor: thinkingFor() });
     el.messages.scrollTop = el.messages.scrollHeight;
   };
+  const ticker = setInterval(() => {  // the counter moves while the model reasons
+    if (reply.thinking && reply.thoughtSeconds == null) {
+      view.summary.textContent = thoughtLabel(reply, true, thinkingFor());
+    }
+  }, TICK_MS);
   try {
     const final = await streamChat(requestBody(conv), {
       signal: controller.signal,
       onPiece(thinking, content) {
-        if (!el.status.hidden && el.status.dataset.kind === "info") showStatus("");
+        if (phase === "waiting" && !loadShown && el.status.dataset.kind === "info") showStatus("");
+        phase = "answering";
         if (thinking) {
           thinkingStarted ??= performance.now();
           reply.thinking += thinking;
         }
         if (content) {
           if (reply.thinking && reply.thoughtSeconds == null) {
-            reply.thoughtSeconds = (performance.now() - (thinkingStarted ?? started)) / 1000;
+            reply.thoughtSeconds = thinkingFor();
           }
           reply.content += content;
         }
@@ -358,9 +409,13 @@ async function generate() {
       }
     }
   } finally {
+    clearInterval(ticker);
     if (frame) cancelAnimationFrame(frame);
-    if (reply.thinking && reply.thoughtSeconds == null) {
-      reply.thoughtSeconds = (performance.now() - (thinkingStarted ?? started)) / 1000;
+    if (reply.thinking && reply.thoughtSeconds == null) reply.thoughtSeconds = thinkingFor();
+    phase = "finished";  // no load line may show after this
+    if (loading) {  // a load that failed or never began: stop following it, soon
+      Promise.race([loading, new Promise((r) => { setTimeout(r, LOAD_GRACE_MS); })])
+        .then(() => loadController.abort());
     }
     state.controller = null;
     if (el.status.dataset.kind === "info") showStatus("");
