@@ -289,8 +289,21 @@ def _llama_lib_dir() -> Path | None:
     return lib if lib.is_dir() else None
 
 
+# The names libggml goes by in the wheel, the one libllama links against first: pip keeps
+# no symlinks, so libggml.so and libggml.so.0 are two copies, and a second copy loaded
+# beside libllama's has a device registry of its own (an RPC worker registered there is a
+# device llama.cpp never sees).
+GGML_NAMES = ("libggml.so.0", "libggml.0.dylib", "libggml.so", "libggml.dylib", "ggml.dll")
+
+
+def ggml_library(lib_dir: Path) -> Path | None:
+    """The libggml file libllama loads, in llama_cpp's lib folder."""
+    return next((lib_dir / n for n in GGML_NAMES if (lib_dir / n).exists()), None)
+
+
 def _load_lib(lib_dir: Path, stem: str) -> ctypes.CDLL | None:
-    for name in (f"lib{stem}.so", f"lib{stem}.dylib", f"{stem}.dll"):
+    names = GGML_NAMES if stem == "ggml" else (f"lib{stem}.so", f"lib{stem}.dylib", f"{stem}.dll")
+    for name in names:
         if (lib_dir / name).exists():
             try:
                 return ctypes.CDLL(str(lib_dir / name))

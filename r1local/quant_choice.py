@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from r1local.planner import USEFUL_CTX, Plan, plan_variant
+from r1local.planner import USEFUL_CTX, Plan, plan_cluster, plan_variant
+from r1local.shapes import shape_from_variant
 
 if TYPE_CHECKING:
     from r1local.catalog import Catalog, Variant
@@ -49,14 +50,28 @@ def acceptable(variant: "Variant", quant: str) -> bool:
     return variant.arch.is_moe or quant_rank(quant) <= quant_rank(DENSE_QUALITY_FLOOR)
 
 
-def choose_quant(variant: "Variant", machine: "Machine", *, min_tok_s: float = 0.0) -> Plan:
+def plan_for(variant: "Variant", quant: str, machine: "Machine", *, experts_on: str = "auto",
+             workers: "list[tuple[str, int]] | None" = None, n_ctx: int | None = None,
+             kv_type: str = "f16") -> Plan:
+    """One quant on this machine, or on it and its RPC ``workers`` (planner.plan_cluster)."""
+    if workers:
+        return plan_cluster(shape_from_variant(variant, quant), machine, workers, n_ctx=n_ctx,
+                            kv_type=kv_type, experts_on=experts_on)
+    return plan_variant(variant, quant, machine, n_ctx=n_ctx, kv_type=kv_type,
+                        experts_on=experts_on)
+
+
+def choose_quant(variant: "Variant", machine: "Machine", *, min_tok_s: float = 0.0,
+                 experts_on: str = "auto",
+                 workers: "list[tuple[str, int]] | None" = None) -> Plan:
     """The best quant of one variant that fits with a useful context.
 
     Best = highest quality that still runs at least as well (all-GPU beats partial beats
     CPU) as the next quant down would, with a context of at least 8192 where possible.
     Where that would decode slower than ``min_tok_s`` (the middle of its range), the best
-    of the smaller ones that does not, if any."""
-    plans = [plan_variant(variant, q, machine) for q in candidate_quants(variant)]
+    of the smaller ones that does not, if any. ``experts_on``, ``workers``: as plan_for."""
+    plans = [plan_for(variant, q, machine, experts_on=experts_on, workers=workers)
+             for q in candidate_quants(variant)]
     fitting = [p for p in plans if p.fits and p.n_ctx >= min(USEFUL_CTX, variant.arch.context_length)]
     fitting = fitting or [p for p in plans if p.fits]
     if not fitting:
@@ -82,23 +97,26 @@ def _sizes(catalog: "Catalog") -> list["Variant"]:
     return sorted(catalog, key=lambda v: v.params_b)
 
 
-def recommend(catalog: "Catalog", machine: "Machine", *, min_tok_s: float = MIN_TOK_S) -> Plan:
+def recommend(catalog: "Catalog", machine: "Machine", *, min_tok_s: float = MIN_TOK_S,
+              experts_on: str = "auto",
+              workers: "list[tuple[str, int]] | None" = None) -> Plan:
     """The largest variant that fits (at a recommendable quant and a useful context), then
     its best quant, then the longest useful context. Where that quant would decode slower
     than ``min_tok_s`` (judged by the middle of its range) a smaller recommendable quant of
     the same variant is taken (choose_quant), and failing that the next smaller variant."""
+    how = {"experts_on": experts_on, "workers": workers}
     picks: list[tuple["Variant", Plan]] = []
     for v in _sizes(catalog):
-        p = choose_quant(v, machine, min_tok_s=min_tok_s)
+        p = choose_quant(v, machine, min_tok_s=min_tok_s, **how)
         if p.fits and acceptable(v, p.quant) and p.n_ctx >= min(USEFUL_CTX, v.arch.context_length):
             picks.append((v, p))
     if not picks:  # nothing at a useful context: the smallest that fits at all
         for v in _sizes(catalog):
-            p = choose_quant(v, machine)
+            p = choose_quant(v, machine, **how)
             if p.fits:
                 return replace(p, reason=p.reason + "; context below 8192: expect cut-off reasoning")
         smallest = _sizes(catalog)[0]
-        p = choose_quant(smallest, machine)
+        p = choose_quant(smallest, machine, **how)
         return replace(p, reason=f"nothing fits: even {smallest.tag} {p.reason}")
     largest_v, largest = picks[-1]
     for v, p in reversed(picks):

@@ -29,6 +29,19 @@ QUANT_BPW: dict[str, float] = {
 # ggml types llama.cpp's CPU backend repacks into interleaved copies (AVX2/AVX512/NEON).
 REPACKED_TYPES = frozenset({"Q4_0", "Q4_K", "IQ4_NL"})
 
+# A MoE block's routed experts, as llama.cpp's own --cpu-moe matches them (common.h's
+# LLM_FFN_EXPS_REGEX): the tensors a buffer-type override keeps in host RAM. The shared
+# expert (ffn_*_shexp) and the router are not among them.
+EXPERT_TENSORS = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
+_EXPERT_RE = re.compile(EXPERT_TENSORS)
+
+# Bits per weight of what a publisher's dynamic MoE quant keeps outside the routed experts
+# (attention, shared expert, the dense layers, embeddings): unsloth's "UD-" quants of R1
+# leave those "in 4 or 6bit" (unsloth.ai/blog/deepseekr1-dynamic) and take the routed
+# experts to 1.58-2.5 bits. What the published size leaves is the experts' share. It sizes
+# what a GPU holds when the experts stay in RAM.
+DENSE_PART_BPW = 5.5
+
 @dataclass(frozen=True)
 class ModelShape:
     """What the planner needs to know about one model file (real or predicted)."""
@@ -51,10 +64,19 @@ class ModelShape:
     out_bytes: int                  # output.weight + output_norm (0 extra when tied)
     tied: bool
     out_repack: int = 0
+    block_experts: tuple[int, ...] = ()  # of block_bytes: the routed experts (MoE), else 0
+    experts_used: float = 0.0  # the share of a block's routed experts one token reads
 
     @property
     def weights_bytes(self) -> int:
         return sum(self.block_bytes) + self.embd_bytes + self.out_bytes
+
+    @property
+    def is_moe(self) -> bool:
+        return any(self.block_experts)
+
+    def experts(self, i: int) -> int:
+        return self.block_experts[i] if self.block_experts else 0
 
 
 # ---------------------------------------------------------------------------
@@ -101,11 +123,17 @@ def arch_params(a: "Architecture") -> int:
 
 def _kv_widths(a: "Architecture") -> tuple[int, int]:
     if a.kv_lora_rank:
+        # MLA: llama.cpp caches one row per token, the latent and the rope part, and reads V
+        # out of it (llama-kv-cache.cpp makes no V tensor when hparams.is_mla())
         k = a.kv_lora_rank + a.qk_rope_head_dim
-        # K holds the latent and the rope part, V the latent again (not assumed shared)
-        return k + a.kv_lora_rank, k + a.kv_lora_rank
+        return k, k
     w = 2 * a.n_kv_heads * a.head_dim
     return w, w
+
+
+def _routed_params(a: "Architecture") -> int:
+    """Parameters of one MoE block's routed experts (the ffn_*_exps tensors)."""
+    return 3 * a.hidden_size * a.expert_ffn_size * a.n_experts if a.is_moe else 0
 
 
 def shape_from_variant(variant: "Variant", quant: str) -> ModelShape:
@@ -125,14 +153,32 @@ def shape_from_variant(variant: "Variant", quant: str) -> ModelShape:
 
         raise UnknownModelError(f"unknown quant '{quant}'",
                                 hint=f"known: {', '.join(QUANT_BPW)}")
-    per_param = total / params
     dense, dense_active = _block_params(a, True)
     moe, moe_active = _block_params(a, False)
     n_dense = a.n_dense_layers if a.is_moe else a.n_layers
-    blocks = tuple(int((dense if i < n_dense else moe) * per_param) for i in range(a.n_layers))
-    active = tuple(int((dense_active if i < n_dense else moe_active) * per_param)
-                   for i in range(a.n_layers))
-    emb = int(a.vocab_size * a.hidden_size * per_param)
+    routed = _routed_params(a)
+    routed_all = routed * (a.n_layers - n_dense)
+    # bytes per parameter: one rate for all, except a dynamic MoE quant, whose routed
+    # experts take what the rest (at DENSE_PART_BPW) leaves of the file
+    per_param = rest_rate = total / params
+    if routed_all and q.startswith("UD-"):
+        rest_rate = DENSE_PART_BPW / 8
+        per_param = (total - (params - routed_all) * rest_rate) / routed_all
+        if per_param <= 0:
+            per_param = rest_rate = total / params
+    routed_active = 3 * a.hidden_size * a.expert_ffn_size * a.n_experts_used if a.is_moe else 0
+
+    def size(i: int, active: bool) -> int:
+        if i < n_dense:
+            return int((dense_active if active else dense) * rest_rate)
+        experts = routed_active if active else routed
+        rest = (moe_active if active else moe) - experts
+        return int(rest * rest_rate + experts * per_param)
+
+    blocks = tuple(size(i, False) for i in range(a.n_layers))
+    active = tuple(size(i, True) for i in range(a.n_layers))
+    experts = tuple(0 if i < n_dense else int(routed * per_param) for i in range(a.n_layers))
+    emb = int(a.vocab_size * a.hidden_size * rest_rate)
     # which of a quant's tensors the CPU repacks: the Q4_K / Q4_0 / IQ4_NL ones
     share = _repack_share(q)
     kv, kv_fa = _kv_widths(a)
@@ -144,7 +190,8 @@ def shape_from_variant(variant: "Variant", quant: str) -> ModelShape:
         block_bytes=blocks, block_active=active,
         block_repack=tuple(int(b * share) for b in blocks),
         embd_bytes=emb, out_bytes=0 if a.tied_embeddings else emb,
-        tied=a.tied_embeddings,
+        tied=a.tied_embeddings, block_experts=experts,
+        experts_used=a.n_experts_used / a.n_experts if a.is_moe else 0.0,
     )
 
 
@@ -194,9 +241,9 @@ def shape_from_gguf(h: "GGUFHeader") -> ModelShape:
     kv_lora = h.arch_value("attention.kv_lora_rank")
     n_expert = h.arch_value("expert_count") or 0
     n_used = h.arch_value("expert_used_count") or 0
-    if isinstance(kv_lora, int) and kv_lora > 0:
-        rope = h.arch_value("rope.dimension_count") or 64
-        kv_width = kv_width_fa = kv_lora + rope + kv_lora
+    if isinstance(kv_lora, int) and kv_lora > 0 and h.arch_value("attention.key_length_mla"):
+        # MLA as llama.cpp runs it: K only, key_length (latent + rope) wide, one KV head
+        kv_width = kv_width_fa = int(head_k) * max(n_kv)
     else:
         kv_width = kv_width_fa = max(n_kv) * (head_k + head_v)
         if any(k == 0 for k in n_kv):  # hybrid models: some layers have no KV
@@ -205,6 +252,7 @@ def shape_from_gguf(h: "GGUFHeader") -> ModelShape:
     blocks = [0] * n_layers
     active = [0] * n_layers
     repack = [0] * n_layers
+    experts = [0] * n_layers
     embd = out = out_repack = 0
     tied = True
     for t in h.tensors:
@@ -214,6 +262,8 @@ def shape_from_gguf(h: "GGUFHeader") -> ModelShape:
             if i >= n_layers:  # e.g. a multi-token-prediction block llama.cpp skips
                 continue
             blocks[i] += t.nbytes
+            if _EXPERT_RE.search(t.name):
+                experts[i] += t.nbytes
             if "_exps." in t.name and n_expert:
                 active[i] += t.nbytes * n_used // n_expert
             else:
@@ -250,6 +300,8 @@ def shape_from_gguf(h: "GGUFHeader") -> ModelShape:
         kv_width=int(kv_width), kv_width_fa=int(kv_width_fa),
         block_bytes=tuple(blocks), block_active=tuple(active), block_repack=tuple(repack),
         embd_bytes=embd, out_bytes=out, tied=tied, out_repack=out_repack,
+        block_experts=tuple(experts),
+        experts_used=n_used / n_expert if n_expert and any(experts) else 0.0,
     )
 
 

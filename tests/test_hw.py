@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from test_rpc import rpc_build, workers  # noqa: F401  (fixtures: real worker processes)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -62,9 +64,74 @@ def test_hw_hypothetical_json_matches_flags(tmp_path):
 
 def test_hw_profile(tmp_path):
     prof = tmp_path / "server.toml"
-    prof.write_text('ram = "512G"\ncores = 64\n')
+    prof.write_text('ram = "192G"\nvram = "24G"\ncores = 16\n')
     report = json.loads(hw("--profile", str(prof), "--json", env_home=tmp_path).stdout)
+    assert report["machine"]["ram_total"] == 192 << 30
     assert report["recommendation"]["model"] == "671b"
+
+
+def test_671b_on_a_24_gb_gpu_and_192_gb_ram_keeps_the_experts_in_ram(tmp_path):
+    """The typical big-MoE box: every layer's attention, shared expert and (MLA) KV cache
+    on the 24 GB GPU, the routed experts in RAM; --experts-on gpu gets only a few layers
+    on the GPU and is slower."""
+    flags = ("--vram", "24G", "--ram", "192G", "--cores", "16")
+    report = json.loads(hw(*flags, "--json", env_home=tmp_path).stdout)
+    rec = report["recommendation"]
+    assert rec["model"] == "671b" and rec["experts_on"] == "cpu" and rec["fits"]
+    rows = {r["quant"]: r for r in report["plans"] if r["tag"] == "671b"}
+    iq1 = rows["UD-IQ1_S"]
+    assert iq1["verdict"] == "gpu" and iq1["n_gpu_layers"] == 62 and iq1["experts_on"] == "cpu"
+    assert iq1["vram_bytes"] < 24 << 30 < iq1["ram_bytes"] < 192 << 30
+    assert iq1["placement"] == "all on GPU, experts in RAM"
+    assert not rows["Q4_K_M"]["fits"]  # 377 GiB: more than the whole machine
+    along = json.loads(hw(*flags, "--experts-on", "gpu", "--json", env_home=tmp_path).stdout)
+    iq1_along = next(r for r in along["plans"] if r["tag"] == "671b" and r["quant"] == "UD-IQ1_S")
+    assert iq1_along["verdict"] == "partial" and iq1_along["n_gpu_layers"] < 20
+    assert iq1_along["tok_s_high"] < iq1["tok_s_high"] and iq1_along["tok_s_low"] < iq1["tok_s_low"]
+    text = hw(*flags, env_home=tmp_path, columns=200).stdout
+    assert "experts in RAM" in text and "Recommended: 671b:" in text
+    narrow = hw(*flags, env_home=tmp_path, columns=80).stdout
+    assert "GPU+exp RAM" in narrow
+
+
+# ---- hw and show over RPC workers (real `r1local worker` processes) -------------------------
+
+def test_hw_and_show_plan_the_whole_cluster_with_a_row_per_device(tmp_path, workers, smollm2):
+    a, b = workers("--mem", "2G"), workers("--mem", "6G")
+    rpc = f"{a.endpoint},{b.endpoint}"
+    report = json.loads(hw("--ram", "8G", "--rpc", rpc, "--json", env_home=tmp_path).stdout)
+    assert [(w["endpoint"], w["offered_bytes"]) for w in report["workers"]] == [
+        (a.endpoint, 2 << 30), (b.endpoint, 6 << 30)]
+    rec = report["recommendation"]
+    parts = rec["rpc"]["parts"]
+    assert [p["where"] for p in parts] == ["local CPU", a.endpoint, b.endpoint]
+    assert parts[-1]["output"] and all(p["bytes"] <= p["budget"] for p in parts)
+    assert [p["budget"] for p in parts[1:]] == [2 << 30, 6 << 30]
+    # the cluster holds what this machine alone does not
+    alone = json.loads(hw("--ram", "8G", "--json", env_home=tmp_path).stdout)
+    order = [r["tag"] for r in alone["plans"]]
+    assert order.index(rec["model"]) >= order.index(alone["recommendation"]["model"])
+    fits_alone = {(r["tag"], r["quant"]) for r in alone["plans"] if r["fits"]}
+    assert any(r["fits"] and (r["tag"], r["quant"]) not in fits_alone for r in report["plans"])
+    text = hw("--ram", "8G", "--rpc", rpc, env_home=tmp_path, columns=160).stdout
+    assert "where the layers go" in text and f"--rpc {rpc}" in text
+    assert text.count(a.endpoint) >= 2 and text.count(b.endpoint) >= 2  # machine rows, devices
+    # show: the same split for a file, one line per device
+    shown = hw(str(smollm2), "--rpc", rpc, command="show", env_home=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    lines = [x for x in shown.stdout.splitlines() if x.startswith(" " * 14)]
+    assert [x.split()[0] for x in lines] == ["local", a.endpoint, b.endpoint]
+    assert "+ output" in lines[-1] and "split over 3 devices" in shown.stdout
+
+
+def test_hw_with_an_unreachable_worker_is_one_line(tmp_path, rpc_build):
+    from test_rpc import free_port
+
+    port = free_port()
+    out = hw("--rpc", f"127.0.0.1:{port}", env_home=tmp_path)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode != 0 and len(lines) == 1 and "Traceback" not in out.stderr
+    assert f"cannot reach RPC worker 127.0.0.1:{port}" in lines[0]
 
 
 @pytest.mark.parametrize("args, message", [

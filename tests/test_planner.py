@@ -184,3 +184,108 @@ def test_plan_gguf_on_quantized_standin(r1_standin):
     p = plan_gguf(h, hypothetical(8 * G), n_ctx=4096)
     assert p.quant == "Q8_0" and p.weights_bytes == h.tensor_bytes
     assert p.n_ctx == 4096 and p.verdict == "cpu"
+
+
+# ---- llama.cpp's n_gpu_layers rule ----------------------------------------------------------
+
+def test_n_gpu_layers_counts_the_output_first(catalog):
+    """llama.cpp offloads the output matrix first, then blocks from the last one back:
+    n_gpu_layers = g puts the output and g - 1 blocks on the GPU (tests/test_moe_placement.py
+    checks this against a real load)."""
+    v = catalog.resolve("7b").variant
+    m = hypothetical(64 * G, 24 * G)
+    only_out = plan_variant(v, "Q4_K_M", m, n_ctx=4096, n_gpu_layers=1)
+    assert only_out.layers_on_gpu == 0 and only_out.verdict == "partial"
+    assert only_out.placement == "0 of 28 layers on GPU"
+    out = only_out.vram_weights_bytes
+    assert out > 0  # 7b's untied output matrix
+    five = plan_variant(v, "Q4_K_M", m, n_ctx=4096, n_gpu_layers=5)
+    assert five.layers_on_gpu == 4 and five.placement == "4 of 28 layers on GPU"
+    block = (five.vram_weights_bytes - out) / 4
+    assert block == pytest.approx(v.quants["Q4_K_M"].total_size / 29, rel=0.2)  # about a block
+    whole = plan_variant(v, "Q4_K_M", m, n_ctx=4096, n_gpu_layers=29)
+    assert whole.verdict == "gpu" and whole.layers_on_gpu == 28
+
+
+# ---- MoE: the routed experts in RAM ---------------------------------------------------------
+
+BIG_MOE_BOX = hypothetical(192 * G, 24 * G, cores=16)  # a typical 24 GB GPU, 192 GB RAM
+
+
+def test_671b_on_24_gb_keeps_the_experts_in_ram_and_every_layer_on_the_gpu(catalog):
+    from r1local.shapes import shape_from_variant
+
+    v = catalog.resolve("671b").variant
+    auto = plan_variant(v, "UD-IQ1_S", BIG_MOE_BOX)
+    assert auto.fits and auto.experts_on == "cpu" and auto.cpu_tensors
+    assert auto.verdict == "gpu" and auto.layers_on_gpu == 61 and auto.n_ctx >= USEFUL_CTX
+    _within(auto, BIG_MOE_BOX)
+    shape = shape_from_variant(v, "UD-IQ1_S")
+    experts = sum(shape.block_experts)
+    assert auto.experts_bytes == experts
+    # the GPU holds everything but the routed experts and the input embedding
+    assert auto.vram_weights_bytes == shape.weights_bytes - experts - shape.embd_bytes
+    assert auto.ram_bytes > experts
+    along = plan_variant(v, "UD-IQ1_S", BIG_MOE_BOX, experts_on="gpu")
+    assert along.experts_on == "gpu" and not along.cpu_tensors
+    assert along.verdict == "partial" and along.layers_on_gpu < 15
+    assert auto.tok_s_low > along.tok_s_low and auto.tok_s_high > along.tok_s_high
+    # forced: the same as the planner's pick here
+    assert plan_variant(v, "UD-IQ1_S", BIG_MOE_BOX, experts_on="cpu") == auto
+
+
+def test_experts_stay_with_their_layers_when_the_whole_model_fits_the_gpus(catalog):
+    v = catalog.resolve("671b").variant
+    eight = hypothetical(512 * G, [80 * G] * 8, cores=64)
+    p = plan_variant(v, "UD-IQ1_S", eight)
+    assert p.verdict == "gpu" and p.experts_on == "gpu" and not p.cpu_tensors
+    cpu_only = plan_variant(v, "UD-IQ1_S", hypothetical(512 * G, cores=64))
+    assert cpu_only.verdict == "cpu" and not cpu_only.cpu_tensors
+
+
+def test_experts_on_means_nothing_for_a_dense_model(catalog):
+    v = catalog.resolve("32b").variant
+    m = hypothetical(64 * G, 12 * G)
+    plans = {e: plan_variant(v, "Q4_K_M", m, experts_on=e) for e in ("auto", "cpu", "gpu")}
+    assert plans["auto"] == plans["cpu"] == plans["gpu"]
+    assert plans["auto"].experts_on == "" and plans["auto"].cpu_tensors == ()
+    with pytest.raises(UsageError, match="--experts-on"):
+        plan_variant(v, "Q4_K_M", m, experts_on="disk")
+
+
+def test_mla_cache_is_one_latent_row_per_token_and_layer(catalog):
+    """deepseek2 in this llama.cpp caches K only: kv_lora_rank + the rope part (576)."""
+    v = catalog.resolve("671b").variant
+    p = plan_variant(v, "UD-IQ1_S", BIG_MOE_BOX, n_ctx=8192)
+    assert p.kv_bytes == 8192 * 61 * (512 + 64) * 2
+
+
+def test_a_dynamic_moe_quant_keeps_its_dense_part_at_more_bits(catalog):
+    """unsloth's UD- quants leave attention, shared experts and dense layers at 4-6 bits:
+    the experts get what the published size leaves (1.58-bit: about 1.6 bits)."""
+    from r1local.shapes import DENSE_PART_BPW, _routed_params, arch_params, shape_from_variant
+
+    v = catalog.resolve("671b").variant
+    s = shape_from_variant(v, "UD-IQ1_S")
+    routed = _routed_params(v.arch) * (v.arch.n_layers - v.arch.n_dense_layers)
+    expert_bpw = sum(s.block_experts) * 8 / routed
+    assert 1.4 < expert_bpw < 1.8
+    dense = s.weights_bytes - sum(s.block_experts)
+    assert dense * 8 / (arch_params(v.arch) - routed) == pytest.approx(DENSE_PART_BPW, rel=0.01)
+    flat = shape_from_variant(v, "Q4_K_M")  # llama.cpp's own mix: one rate for all
+    assert sum(flat.block_experts) / flat.weights_bytes == pytest.approx(routed / arch_params(v.arch),
+                                                                         rel=0.01)
+
+
+def test_plan_rpc_moves_blocks_off_a_worker_its_fixed_costs_overfill(catalog):
+    """Blocks go out by memory, but the last worker also holds the output matrix and its
+    buffers: the split moves boundary blocks to a neighbour with room rather than fail."""
+    from r1local.planner import plan_rpc
+    from r1local.shapes import shape_from_variant
+
+    shape = shape_from_variant(catalog.resolve("7b").variant, "Q4_K_M")
+    plan = plan_variant(catalog.resolve("7b").variant, "Q4_K_M", hypothetical(6 * G), n_ctx=8192)
+    split = plan_rpc(shape, plan, [("w:1", 1 * G)])
+    assert split.fits, split.reason
+    assert all(p.bytes <= p.budget for p in split.parts)
+    assert split.parts[1].output and split.parts[1].n_blocks >= 1

@@ -32,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="list every published quant (default: the common ones)")
     parser.add_argument("--wide", action="store_true",
                         help="every column, whatever the terminal's width")
+    from r1local.planner import EXPERTS_ON, EXPERTS_ON_HELP
+    from r1local.rpc import add_rpc_argument
+
+    parser.add_argument("--experts-on", choices=EXPERTS_ON, default="auto", help=EXPERTS_ON_HELP)
+    add_rpc_argument(parser)
     add_min_speed(parser)
 
 
@@ -65,32 +70,35 @@ def machine_from_args(args: argparse.Namespace):
 def build_report(args: argparse.Namespace) -> dict:
     from r1local import session
     from r1local.catalog import load_catalog
-    from r1local.planner import check_ctx, plan_variant
-    from r1local.quant_choice import candidate_quants
+    from r1local.planner import check_ctx
+    from r1local.quant_choice import candidate_quants, plan_for
     from r1local.store import Store, catalog_name
 
     check_ctx(args.ctx, "--ctx")
     machine = machine_from_args(args)
+    workers = session.rpc_workers(args.rpc)  # asked before anything is planned: bad ones fail first
     catalog = load_catalog()
     store = Store()
-    rec = session.recommendation(catalog, machine, min_speed(args))
+    how = {"experts_on": args.experts_on, "workers": workers}
+    rec = session.recommendation(catalog, machine, min_speed(args), **how)
     rows = []
     for v in sorted(catalog, key=lambda v: v.params_b):
         quants = candidate_quants(v)
         if not args.all_quants:
             quants = [q for q in quants if q in COMMON] or quants[:3]
         for q in quants:
-            p = _downloaded_plan(store, catalog_name(v.tag, q), machine, args) or \
-                plan_variant(v, q, machine, n_ctx=args.ctx, kv_type=args.kv_type)
+            p = _downloaded_plan(store, catalog_name(v.tag, q), machine, args, workers) or \
+                plan_for(v, q, machine, n_ctx=args.ctx, kv_type=args.kv_type, **how)
             rows.append({"tag": v.tag, "name": v.name, "params_b": v.params_b,
                          "file_bytes": v.quants[q].total_size,
                          "recommended": rec.fits and v.tag == rec.model and q == rec.quant,
                          "downloaded": store.get(catalog_name(v.tag, q)) is not None,
                          **p.as_dict()})
-    return {"machine": machine.as_dict(), "recommendation": rec.as_dict(), "plans": rows}
+    return {"machine": machine.as_dict(), "recommendation": rec.as_dict(), "plans": rows,
+            "workers": [{"endpoint": e, "offered_bytes": b} for e, b in workers or ()]}
 
 
-def _downloaded_plan(store, name: str, machine, args: argparse.Namespace):
+def _downloaded_plan(store, name: str, machine, args: argparse.Namespace, workers=None):
     """A quant in the store is planned from its own header, as `run` and `show` plan it;
     None when it is not there (or its files are not whole: the catalog's numbers then)."""
     from r1local import session
@@ -99,7 +107,8 @@ def _downloaded_plan(store, name: str, machine, args: argparse.Namespace):
     if args.kv_type != "f16" or store.get(name) is None:
         return None
     try:
-        return session.plan_model(session.locate(name, store=store), machine, ctx=args.ctx)
+        return session.plan_model(session.locate(name, store=store), machine, ctx=args.ctx,
+                                  experts_on=args.experts_on, workers=workers)
     except R1LocalError:
         return None
 
@@ -113,8 +122,12 @@ def _speed(low: float, high: float, unit: str = " tok/s") -> str:
 
 def _fits_short(row: dict) -> str:
     """The fit verdict in a few characters, for a narrow terminal."""
-    return {"gpu": "GPU", "cpu": "CPU", "no-fit": "no"}.get(
-        row["verdict"], f"{row['n_gpu_layers']}/{row['n_layers']} GPU")
+    if row.get("rpc") and row["fits"]:
+        return "split"
+    experts = "+exp RAM" if row.get("experts_on") == "cpu" and row["n_gpu_layers"] else ""
+    blocks = max(0, min(row["n_gpu_layers"], row["n_layers"] + 1) - 1)
+    return {"gpu": "GPU" + experts, "cpu": "CPU", "no-fit": "no"}.get(
+        row["verdict"], f"{blocks}/{row['n_layers']} GPU{experts}")
 
 
 def _ctx(n: int) -> str:
@@ -209,6 +222,8 @@ def render(report: dict, *, wide: bool = False) -> None:
     else:
         mt.add_row("GPU", "none")
     mt.add_row("offload", m["offload_note"])
+    for w in report.get("workers", ()):
+        mt.add_row("RPC worker", f"{w['endpoint']} — offers {fmt_bytes(w['offered_bytes'])}")
     mt.add_row("disk", f"{fmt_bytes(m['disk_free'])} free for models")
     console.print(mt)
 
@@ -227,7 +242,28 @@ def render(report: dict, *, wide: bool = False) -> None:
                       f"~{fmt_duration(rec['reply_seconds'])} for a "
                       f"{TYPICAL_REPLY_TOKENS:,}-token reply")
         console.print(f"  why: {rec['reason']}", style="dim")
-        console.print(f"  get it: r1local pull {name}    chat: r1local run {name}")
+        if rec.get("rpc"):
+            console.print(device_table(rec["rpc"]))
+        rpc = f" --rpc {','.join(w['endpoint'] for w in report['workers'])}" if report.get("workers") else ""
+        console.print(f"  get it: r1local pull {name}    chat: r1local run {name}{rpc}")
+
+
+def device_table(rpc: dict) -> Any:
+    """A plan over RPC workers, a row per device: its layers, what they take, what it has."""
+    from rich.table import Table
+
+    from r1local.units import fmt_bytes
+
+    t = Table(title="where the layers go", title_justify="left", pad_edge=False)
+    for header in ("device", "layers", "memory", "of"):
+        t.add_column(header, justify="right" if header in ("memory", "of") else "left",
+                     no_wrap=True)
+    for p in rpc["parts"]:
+        n = max(0, p["last"] - p["first"] + 1)
+        span = (f"{p['first']}-{p['last']}" if n > 1 else str(p["first"]) if n else "-")
+        span += " + output" if p["output"] else ""
+        t.add_row(p["where"], span, fmt_bytes(p["bytes"]), fmt_bytes(p["budget"]))
+    return t
 
 
 def run(args: argparse.Namespace) -> int:
