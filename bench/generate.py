@@ -15,86 +15,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
-LLAMA_CPP_PYTHON = "0.3.36"
+from llama_tools import LLAMA_CPP_PYTHON  # noqa: E402
+
 PROMPT_TOKENS = 128
 DECODE_TOKENS = 64
 REPS = 7
 TARGET = 0.95  # r1local / llama.cpp
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("R1LOCAL_BENCH_CACHE") or Path.home() / ".cache" / "r1local" / "llama-bench"
-    path = Path(base) / LLAMA_CPP_PYTHON
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def wheel_lib_dir() -> Path:
-    """The shared libraries of the installed llama-cpp-python wheel: what the engine runs."""
-    import llama_cpp
-
-    return Path(llama_cpp.__file__).parent / "lib"
+from llama_tools import bench_env, build_tool, wheel_lib_dir  # noqa: E402,F401
 
 
 def build_llama_bench() -> Path:
-    """llama-bench from the vendored llama.cpp of the llama-cpp-python sdist, built against
-    shared libraries and with no rpath, so that it runs on the installed wheel's own
-    libllama/libggml (LD_LIBRARY_PATH, see bench_env): both sides execute the very same
-    ggml machine code, and the ratio measures r1local's overhead, not two builds' flags.
-    Only llama-bench and the helper libraries it links (not in the wheel) are kept; built once and cached."""
-    out_dir = cache_dir() / "shared"
-    out = out_dir / "llama-bench"
-    if out.exists():
-        return out
-    work = cache_dir()
-    sdist = work / f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz"
-    if not sdist.exists():
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary",
-                        ":all:", f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "-d", str(work)],
-                       check=True)
-    src = work / f"llama_cpp_python-{LLAMA_CPP_PYTHON}"
-    if not src.exists():
-        with tarfile.open(sdist) as tar:
-            tar.extractall(work, filter="data")
-    build = work / "build-shared"
-    cmake = ["cmake", "-S", str(src / "vendor" / "llama.cpp"), "-B", str(build),
-             "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=ON",
-             "-DCMAKE_SKIP_RPATH=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-             "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_TOOLS=ON"]
-    if shutil.which("ninja"):
-        cmake += ["-G", "Ninja"]
-    subprocess.run(cmake, check=True)
-    subprocess.run(["cmake", "--build", str(build), "--target", "llama-bench", "-j",
-                    str(os.cpu_count() or 1)], check=True)
-    stage = out_dir.with_name("shared.partial")
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
-    shutil.copy2(build / "bin" / "llama-bench", stage)
-    for lib in (build / "bin").glob("libllama-*"):  # common, bench-impl: not in the wheel
-        shutil.copy2(lib, stage, follow_symlinks=False)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(stage, out_dir)
-    return out
-
-
-def bench_env(exe: Path) -> dict[str, str]:
-    """The wheel's libraries first, then the helper libraries built beside llama-bench."""
-    paths = [str(wheel_lib_dir()), str(exe.parent), os.environ.get("LD_LIBRARY_PATH", "")]
-    return dict(os.environ, LD_LIBRARY_PATH=":".join(p for p in paths if p))
+    return build_tool("llama-bench")
 
 
 def llama_bench(exe: Path, model: Path, threads: int, n_gen: int) -> dict[str, float]:
@@ -134,6 +79,49 @@ def r1local_run(engine, seed: int, n_gen: int) -> dict[str, float]:
             "n_prompt": st.prompt_eval_tokens, "n_gen": st.completion_tokens}
 
 
+def samples_table(model: tuple[str, Path, int], threads: int, ks: list[int]) -> str:
+    """Wall time of K samples of one prompt decoded together (`run --samples K`, OpenAI
+    `n`) against one sample, on the same engine: target K = 4 in at most 2x the time."""
+    from r1local.engine import Engine, GenerationSettings
+
+    label, path, n_gen = model
+    engine = Engine.load(path, n_ctx=PROMPT_TOKENS + n_gen + 64, n_threads=threads,
+                         n_parallel=max(ks))
+    chat = [{"role": "user", "content": prompt_text(engine, PROMPT_TOKENS, 0)}]
+
+    def wall(k: int, rep: int) -> tuple[float, int]:
+        engine.reset()
+        t0 = time.perf_counter()
+        streams = engine.chat_samples(chat, [GenerationSettings(max_tokens=n_gen, seed=100 * rep + i,
+                                                                loop_guard=False) for i in range(k)])
+        tokens = 0
+        for st in streams:
+            for _ in st:
+                pass
+            tokens += st.stats.completion_tokens
+        return time.perf_counter() - t0, tokens
+
+    wall(1, 0)  # warm-up
+    runs = {k: [] for k in [1, *ks]}
+    for rep in range(3):  # interleaved, so that drift in machine load hits every K
+        for k in runs:
+            runs[k].append(wall(k, rep + 1))
+            print(f"samples K={k} rep {rep}: {runs[k][-1]}", file=sys.stderr, flush=True)
+    engine.close()
+    one = statistics.median(t for t, _ in runs[1])
+    lines = [f"Samples on {label}: K replies to one chat prompt of ~{PROMPT_TOKENS} tokens, "
+             f"{n_gen} tokens each, decoded together on one engine (--parallel {max(ks)}), "
+             "median wall time of 3 (the prompt evaluated once for all K).", "",
+             "| K | wall s | tokens | aggregate tok/s | time / one sample's |",
+             "|---:|---:|---:|---:|---:|"]
+    for k, rs in runs.items():
+        t = statistics.median(t for t, _ in rs)
+        n = rs[0][1]
+        flag = " (target <= 2x)" if k == 4 else ""
+        lines.append(f"| {k} | {t:.2f} | {n} | {n / t:.1f} | {t / one:.2f}x{flag} |")
+    return "\n".join(lines)
+
+
 def models() -> list[tuple[str, Path, int]]:
     """(label, GGUF, tokens to decode): fewer for the slow 1 GB model."""
     import model_fixtures as mf
@@ -147,6 +135,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--build-only", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--samples", default="4,8",
+                    help="K for the samples rows: K replies decoded together vs one (1 GB model)")
     args = ap.parse_args()
     exe = build_llama_bench()
     if args.build_only:
@@ -166,6 +156,13 @@ def main() -> int:
             print(f"{label} rep {rep}: llama.cpp {ref[-1]} r1local {ours[-1]}", file=sys.stderr,
                   flush=True)
         engine.close()
+        # one sequence through the batch scheduler (serve's default engine): the same
+        # decode, a thread hop and a queue per token more
+        engine = Engine.load(path, n_ctx=PROMPT_TOKENS + DECODE_TOKENS + 64, n_threads=threads,
+                             n_parallel=4)
+        r1local_run(engine, 0, 8)
+        batched = [r1local_run(engine, rep + 1, n_gen) for rep in range(REPS)]
+        engine.close()
         for key, name in (("pp", f"prompt pp{PROMPT_TOKENS}"),
                           ("tg", f"decode tg{n_gen} @ depth {PROMPT_TOKENS}")):
             a = statistics.median(r[key] for r in ref)
@@ -174,6 +171,10 @@ def main() -> int:
             # process hits both halves of a pair, where the medians of each side diverge
             ratio = statistics.median(o[key] / r[key] for o, r in zip(ours, ref))
             rows.append((label, name, a, b, ratio))
+        tg_ref = statistics.median(r["tg"] for r in ref)
+        tg_one = statistics.median(r["tg"] for r in batched)
+        rows.append((label, f"decode tg{n_gen}, one sequence, --parallel 4 engine", tg_ref,
+                     tg_one, tg_one / tg_ref))
         ttft = statistics.median(r["ttft"] for r in ours)
         ref_ttft = PROMPT_TOKENS / statistics.median(r["pp"] for r in ref)
         ratio = statistics.median(PROMPT_TOKENS / r["pp"] / o["ttft"] for o, r in zip(ours, ref))
@@ -197,7 +198,8 @@ def main() -> int:
         flag = "" if ratio >= TARGET else " (below 95%)"
         lines.append(f"| {label} | {name} | {fmt.format(a)}{unit} | {fmt.format(b)}{unit} | "
                      f"{ratio:.3f}{flag} |")
-    table = "\n".join(lines)
+    table = "\n".join(lines) + "\n\n" + samples_table(models()[-1], threads,
+                                                        [int(k) for k in args.samples.split(",")])
     print(table)
     out = ROOT / "bench" / "results" / "generate.md"
     out.parent.mkdir(parents=True, exist_ok=True)

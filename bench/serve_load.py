@@ -1,16 +1,24 @@
-"""Serving under load: 16 concurrent streaming clients against `r1local serve`, side by side
-in one run with llama-cpp-python's own server (`python -m llama_cpp.server`), on the same
-model (SmolLM2-135M-Instruct Q4_1) and settings (context, threads, batch), through the same
-endpoint both offer: POST /v1/chat/completions with `stream: true`.
+"""Serving under load: concurrent streaming clients against `r1local serve`, side by side
+in one run with llama-cpp-python's own server (`python -m llama_cpp.server`) and llama.cpp's
+own `llama-server` (built from the same llama.cpp source as the wheel, bench/llama_tools.py),
+on the same model (SmolLM2-135M-Instruct Q4_1) and settings (context per sequence, threads,
+batch), through the same endpoint they all offer: POST /v1/chat/completions, `stream: true`.
 
-    .venv/bin/python bench/serve_load.py [--clients 16] [--requests 256] [--max-tokens 16]
+    .venv/bin/python bench/serve_load.py [--clients 1,4,16] [--requests-per-client 4]
+                                         [--max-tokens 32] [--parallel 4,16]
+
+Each server runs once per --parallel level (r1local --parallel N against llama-server -np N;
+r1local --parallel 1 is the serialised engine of before; llama_cpp.server serialises too)
+and takes each --clients level in turn.
 
 Needs llama-cpp-python's server extras (sse-starlette, starlette-context, pydantic-settings).
 llama_cpp.server is run with --interrupt_requests False: by default a new request cuts off
 the one streaming, which would make it lose requests by design. Every request counts: one
 that fails or ends without its [DONE] is "lost".
 
-Prints a table and writes it to bench/results/serve_load.md.
+Prints a table and writes it to bench/results/serve_load.md. Targets: r1local's aggregate
+tok/s at least llama-server's at the same N and clients (4 and 16), and at least 2x its own
+serialised aggregate; p95 latency no worse than llama-server's; 0 lost requests.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 N_CTX, N_BATCH = 2048, 512
 TOPICS = ["the sea", "a cat", "bread", "winter", "a bicycle", "the moon", "tea", "a city",
@@ -140,15 +149,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(kind: str, model: Path, threads: int) -> tuple[subprocess.Popen, str, str]:
+def _start(kind: str, model: Path, threads: int, parallel: int = 1) -> tuple[subprocess.Popen, str, str]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ}
     env.pop("R1LOCAL_API_KEY", None)
     if kind == "r1local":
         cmd = [sys.executable, "-m", "r1local", "serve", "--port", str(port), "--model",
-               str(model), "--ctx", str(N_CTX), "--threads", str(threads), "--keep-alive", "-1"]
+               str(model), "--ctx", str(N_CTX), "--threads", str(threads), "--keep-alive", "-1",
+               "--parallel", str(parallel), "--max-queue", "4096"]
         name = str(model)
+    elif kind == "llama-server":
+        from llama_tools import bench_env, build_tool
+
+        exe = build_tool("llama-server")
+        env = bench_env(exe)
+        # -c is the whole KV cache, split over the -np slots: N_CTX for each, as r1local's
+        cmd = [str(exe), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
+               "-c", str(N_CTX * parallel), "-np", str(parallel), "-b", str(N_BATCH),
+               "-t", str(threads), "-tb", str(threads), "-fa", "off", "-ngl", "0",
+               "--no-webui"]
+        name = model.name
     else:
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host",
                "127.0.0.1", "--port", str(port), "--n_ctx", str(N_CTX), "--n_batch",
@@ -156,7 +177,7 @@ def _start(kind: str, model: Path, threads: int) -> tuple[subprocess.Popen, str,
                "--interrupt_requests", "False"]
         name = str(model)
     # the servers' logs go to a file: a pipe nobody reads would fill up and block them
-    log = ROOT / "bench" / "results" / f"serve_load.{kind}.log"
+    log = ROOT / "bench" / "results" / f"serve_load.{kind}-{parallel}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=f)
@@ -173,11 +194,11 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def _row(run: Run, requests: int) -> dict:
+def _row(run: Run, requests: int, clients: int) -> dict:
     ok = [r for r in run.results if r.ok]
     tokens = sum(r.tokens for r in ok)
     return {
-        "server": run.name, "ok": len(ok), "lost": requests - len(ok),
+        "server": run.name, "clients": clients, "ok": len(ok), "lost": requests - len(ok),
         "p50": _pct([r.latency for r in ok], 0.5), "p95": _pct([r.latency for r in ok], 0.95),
         "ttft50": _pct([r.ttft for r in ok], 0.5), "ttft95": _pct([r.ttft for r in ok], 0.95),
         "tok_s": tokens / run.wall if run.wall else 0.0, "tokens": tokens, "wall": run.wall,
@@ -186,57 +207,82 @@ def _row(run: Run, requests: int) -> dict:
 
 
 def _table(rows: list[dict], args, threads: int, model: Path) -> str:
-    head = (f"Serving load: {args.clients} concurrent streaming clients, {args.requests} requests "
-            f"of max {args.max_tokens} tokens, {model.name}, context {N_CTX}, {threads} threads, "
-            f"POST /v1/chat/completions (stream)\n\n")
-    lines = ["| server | ok / lost | p50 latency s | p95 latency s | p50 TTFT s | p95 TTFT s "
-             "| tokens | aggregate tok/s |", "|---|---|---|---|---|---|---|---|"]
+    head = (f"Serving load: {args.requests_per_client} requests per client of max "
+            f"{args.max_tokens} tokens, {model.name}, context {N_CTX} per sequence, {threads} "
+            "threads, POST /v1/chat/completions (stream)\n\n")
+    lines = ["| server | clients | ok / lost | p50 latency s | p95 latency s | p50 TTFT s "
+             "| p95 TTFT s | tokens | aggregate tok/s |", "|---|---:|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['server']} | {r['ok']} / {r['lost']} | {r['p50']:.2f} | "
-                     f"{r['p95']:.2f} | {r['ttft50']:.2f} | {r['ttft95']:.2f} | {r['tokens']} | "
-                     f"{r['tok_s']:.1f} |")
-    if len(rows) == 2 and rows[1]["tok_s"]:
-        a, b = rows
-        lines.append(f"| ratio r1local / llama_cpp.server | | {a['p50'] / b['p50']:.2f}x | "
-                     f"{a['p95'] / b['p95']:.2f}x | {a['ttft50'] / b['ttft50']:.2f}x | "
-                     f"{a['ttft95'] / b['ttft95']:.2f}x | | {a['tok_s'] / b['tok_s']:.2f}x |")
+        lines.append(f"| {r['server']} | {r['clients']} | {r['ok']} / {r['lost']} | "
+                     f"{r['p50']:.2f} | {r['p95']:.2f} | {r['ttft50']:.2f} | {r['ttft95']:.2f} | "
+                     f"{r['tokens']} | {r['tok_s']:.1f} |")
     out = head + "\n".join(lines) + "\n"
+    ratios = []
+    by = {(r["server"], r["clients"]): r for r in rows}
+    for (server, clients), r in by.items():
+        if not server.startswith("r1local") or server.endswith("--parallel 1"):
+            continue
+        n = server.rsplit(" ", 1)[-1]
+        ref = by.get((f"llama-server -np {n}", clients))
+        alone = by.get(("r1local --parallel 1", clients))
+        if ref and ref["tok_s"]:
+            ratios.append(f"| {server} / llama-server -np {n} | {clients} | "
+                          f"{r['tok_s'] / ref['tok_s']:.2f}x aggregate | "
+                          f"{r['p95'] / ref['p95']:.2f}x p95 latency |"
+                          + (f" {r['tok_s'] / alone['tok_s']:.2f}x its serialised aggregate |"
+                             if alone and alone["tok_s"] else " |"))
+    if ratios:
+        out += ("\n| ratio | clients | aggregate | p95 | vs --parallel 1 |\n|---|---:|---|---|---|\n"
+                + "\n".join(ratios) + "\n")
     for r in rows:
         if r["errors"]:
-            out += f"\n{r['server']} errors: {r['errors']}\n"
+            out += f"\n{r['server']} ({r['clients']} clients) errors: {r['errors']}\n"
     return out
+
+
+def _levels(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--clients", type=int, default=16)
-    ap.add_argument("--requests", type=int, default=256)
-    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--clients", default="1,4,16", help="concurrent clients, comma-separated")
+    ap.add_argument("--requests-per-client", type=int, default=4)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--parallel", default="4,16", help="r1local --parallel / llama-server -np")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--only", choices=["r1local", "llama_cpp"], default=None)
+    ap.add_argument("--only", choices=["r1local", "llama_cpp", "llama-server"], default=None)
     args = ap.parse_args()
 
     import model_fixtures
 
     model = model_fixtures.smollm2_path()
     threads = args.threads or os.cpu_count() or 2
+    servers = [("r1local", 1, "r1local --parallel 1"), ("llama_cpp", 1, "llama_cpp.server")]
+    for n in _levels(args.parallel):
+        servers += [("r1local", n, f"r1local --parallel {n}"),
+                    ("llama-server", n, f"llama-server -np {n}")]
     rows = []
-    for kind, label in (("r1local", "r1local serve"), ("llama_cpp", "llama_cpp.server")):
+    for kind, n, label in servers:
         if args.only and args.only != kind:
             continue
-        proc, url, name = _start(kind, model, threads)
+        proc, url, name = _start(kind, model, threads, n)
         try:
-            run = asyncio.run(_load(label, url, name, args.clients, args.requests, args.max_tokens))
+            for clients in _levels(args.clients):
+                requests = clients * args.requests_per_client
+                run = asyncio.run(_load(label, url, name, clients, requests, args.max_tokens))
+                rows.append(_row(run, requests, clients))
+                print(f"{label}, {clients} clients: {rows[-1]['ok']}/{requests} ok in "
+                      f"{run.wall:.1f} s, {rows[-1]['tok_s']:.1f} tok/s", file=sys.stderr,
+                      flush=True)
         finally:
             _stop(proc)
-        rows.append(_row(run, args.requests))
-        print(f"{label}: {rows[-1]['ok']}/{args.requests} ok in {run.wall:.1f} s", file=sys.stderr)
     table = _table(rows, args, threads, model)
     print(table)
     out = ROOT / "bench" / "results" / "serve_load.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table)
-    return 0 if all(r["lost"] == 0 for r in rows if r["server"] == "r1local serve") else 1
+    return 0 if all(r["lost"] == 0 for r in rows if r["server"].startswith("r1local")) else 1
 
 
 if __name__ == "__main__":

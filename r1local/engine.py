@@ -10,23 +10,25 @@ Generation is not thread-safe: callers serialize use of one Engine.
 
 from __future__ import annotations
 
-import codecs
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from r1local.errors import ContextFullError, ModelFileError, R1LocalError, UsageError
 from r1local.reasoning import (
-    ANSWER, BUDGET_CLOSE, THINK_OPEN, Chunk, LoopGuard, StopMatcher, ThinkSplitter,
+    BUDGET_CLOSE, THINK_OPEN, Chunk, ThinkSplitter,
     fold_system, is_reasoning_model, strip_reasoning,
 )
+from r1local.reply import Reply
 from r1local.tool_calls import ToolError, family_of
 from r1local.tool_calls import prepare as prepare_tools
 
 if TYPE_CHECKING:
+    from typing import Callable
+
     from r1local.ggufinfo import GGUFHeader
     from r1local.planner import Plan
 
@@ -61,6 +63,12 @@ class GenerationSettings:
     # GBNF (start rule "root") the answer must match, e.g. r1local.structured's JSON grammar;
     # a reasoning model's reasoning stays free, the grammar starts once `</think>` is out
     grammar: str | None = None
+
+    def for_samples(self, n: int) -> "list[GenerationSettings]":
+        """Settings for ``n`` samples of one prompt (chat_samples): a seed S makes them S,
+        S+1, ... (repeatable); without one each sampler seeds itself."""
+        return [replace(self, seed=None if self.seed is None else self.seed + i)
+                for i in range(n)]
 
 
 @dataclass
@@ -128,6 +136,9 @@ class Engine:
         self.rpc_split: Any = None  # planner.RpcSplit when loaded over RPC workers (session)
         self._llm: Any = None
         self._one: Any = None  # the single-token batch of the decode loop
+        self._scheduler: Any = None  # batching.Scheduler when loaded with n_parallel > 1
+        self._sampler_lock = threading.Lock()
+        self.n_parallel = 1
 
     # ---- loading ---------------------------------------------------------------------
 
@@ -136,11 +147,19 @@ class Engine:
              n_gpu_layers: int | None = None, n_threads: int | None = None,
              verbose: bool | None = None,
              header: "GGUFHeader | None" = None,
-             tensor_split: Sequence[float] | None = None) -> "Engine":
+             tensor_split: Sequence[float] | None = None,
+             progress: "Callable[[float], None] | None" = None,
+             n_parallel: int = 1, cpu_tensors: Sequence[str] = ()) -> "Engine":
         """Validate the GGUF, then load it with the plan's settings (overrides win).
         ``header``: the file's read_model_header, where the caller has it already.
         ``tensor_split``: the offloaded layers' share of each llama.cpp device, RPC workers
-        (r1local.rpc.connect, registered before this) first (planner.plan_rpc)."""
+        (r1local.rpc.connect, registered before this) first (planner.plan_rpc).
+        ``progress``: called with llama.cpp's own load fraction (0 to 1, per tensor, ending
+        at 1.0), on the loading thread.
+        ``n_parallel``: sequences decoded together (r1local.batching), each with a context of
+        its own of n_ctx tokens (the KV cache holds n_parallel times that).
+        ``cpu_tensors``: name patterns of tensors kept in host RAM whatever their layer's
+        device (Plan.cpu_tensors: a MoE model's routed experts; r1local.model_params)."""
         from r1local.ggufinfo import ggml_type_id, read_model_header
         from r1local.planner import check_ctx, pad_ctx
 
@@ -174,9 +193,19 @@ class Engine:
         kv = ggml_type_id(params.kv_type)
         # llama.cpp needs flash attention for a quantized V cache
         flash = params.flash_attn or params.kv_type.lower() != "f16"
+        Llama = llama_cpp.Llama
+        edits = []  # what llama_cpp.Llama cannot set in llama_model_params (model_params.py)
+        if progress is not None or cpu_tensors:
+            from r1local import model_params
+
+            if progress is not None:
+                edits.append(model_params.load_progress(progress))
+            if cpu_tensors:
+                edits.append(model_params.tensors_in_ram(cpu_tensors))
+            Llama = model_params.with_model_params(Llama, edits)
         t0 = time.perf_counter()
         try:
-            self._llm = llama_cpp.Llama(
+            self._llm = Llama(
                 model_path=str(path), n_ctx=params.n_ctx, n_gpu_layers=params.n_gpu_layers,
                 n_threads=params.n_threads, n_threads_batch=params.n_threads,
                 n_batch=params.n_batch, n_ubatch=params.n_ubatch, flash_attn=flash,
@@ -193,6 +222,16 @@ class Engine:
         self.kv_type = params.kv_type
         self.flash_attn = flash
         self._setup_vocab(header)
+        if n_parallel > 1:
+            from r1local.batching import Scheduler
+
+            try:
+                self._scheduler = Scheduler(self, n_parallel, self.n_ctx)
+            except BaseException:
+                self.close()
+                raise
+            self.n_ctx = self._scheduler.slot_ctx
+        self.n_parallel = n_parallel
         return self
 
     def _setup_vocab(self, header: Any) -> None:
@@ -235,6 +274,9 @@ class Engine:
         llm.n_tokens = pos + 1
 
     def close(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.close()
+            self._scheduler = None
         if self._one is not None:
             import llama_cpp
 
@@ -260,13 +302,18 @@ class Engine:
 
     def reset(self) -> None:
         """Forget the cached context: the next call evaluates its whole prompt."""
-        if self._llm is not None:
+        if self._scheduler is not None:
+            self._scheduler.forget()
+        elif self._llm is not None:
             self._llm.reset()
             self._llm._ctx.kv_cache_seq_rm(-1, 0, -1)
 
     @property
     def context_used(self) -> int:
-        """Tokens in the KV cache now (the last prompt and its completion)."""
+        """Tokens in the KV cache now (the last prompt and its completion; batched: the
+        last reply's)."""
+        if self._scheduler is not None:
+            return self.last_stats.context_tokens if self.last_stats is not None else 0
         return int(self._llm.n_tokens) if self._llm is not None else 0
 
     def prepare_messages(self, messages: Sequence[dict]) -> list[dict]:
@@ -346,17 +393,54 @@ class Engine:
         llm.reset()
         return 0
 
-    def _generate(self, tokens: list[int], s: GenerationSettings,
-                  cancel: threading.Event | None, splitter: ThinkSplitter | None) -> Iterator[Chunk]:
+    def _generate_check(self, tokens: list[int]) -> None:
         if self._llm is None:
             raise R1LocalError("the model was closed")
         if len(tokens) >= self.n_ctx:
             raise ContextFullError(
                 f"the prompt is {len(tokens)} tokens but the context holds {self.n_ctx}",
                 hint="shorten it, drop earlier turns, or load with a larger --ctx")
+
+    def _generate(self, tokens: list[int], s: GenerationSettings,
+                  cancel: threading.Event | None, splitter: ThinkSplitter | None) -> Iterator[Chunk]:
+        self._generate_check(tokens)
         grammar = (self._grammar(s.grammar, after_reasoning=splitter is not None)
                    if s.grammar is not None else None)
-        return self._run(tokens, s, cancel, splitter, grammar)
+        if self._scheduler is None:
+            return self._run(tokens, s, cancel, splitter, grammar)
+        reply = self._reply(tokens, s, splitter, grammar, self.n_ctx)
+        self.last_stats = reply.stats
+        return self._scheduler.submit([reply], [cancel], reuse=s.seed is None)[0]
+
+    def chat_samples(self, messages: list[dict], settings: Sequence[GenerationSettings], *,
+                     cancel: threading.Event | None = None, tools: Sequence[dict] | None = None,
+                     tool_choice: str | None = None) -> list[Iterator[Chunk]]:
+        """One reply per settings (their seeds tell them apart) to the same chat. Loaded with
+        n_parallel >= their number, they decode together and the prompt is evaluated once;
+        otherwise they run one after another. Each iterator has its Stats as ``.stats`` once
+        started; consume them in order (every one to its end, or close it)."""
+        prompt = self.format_chat(messages, tools=tools, tool_choice=tool_choice)
+        started = self.is_reasoning and prompt.rstrip().endswith(THINK_OPEN)
+        tokens = self._prompt_tokens(prompt)
+
+        def splitter() -> ThinkSplitter | None:
+            return ThinkSplitter(started=started) if self.is_reasoning else None
+
+        sched = self._scheduler
+        if sched is None or len(settings) > sched.n_slots or len(settings) < 2:
+            return [_Later(self, lambda s=s: self._generate(tokens, s, cancel, splitter()))
+                    for s in settings]
+        self._generate_check(tokens)
+        replies = []
+        for s in settings:
+            grammar = (self._grammar(s.grammar, after_reasoning=self.is_reasoning)
+                       if s.grammar is not None else None)
+            replies.append(self._reply(tokens, s, splitter(), grammar, self.n_ctx))
+        if len({tuple(r.prompt) for r in replies}) > 1:  # different budgets: no shared prompt
+            return [sched.submit([r], [cancel], reuse=s.seed is None)[0]
+                    for r, s in zip(replies, settings)]
+        return sched.submit(replies, [cancel] * len(replies),
+                            reuse=all(s.seed is None for s in settings))
 
     def _grammar(self, text: str, *, after_reasoning: bool) -> Any:
         """A checked LlamaGrammar: llama.cpp's parser must accept the text here, since
@@ -381,129 +465,92 @@ class Engine:
         return grammar
 
     def _sampler(self, s: GenerationSettings, grammar: Any = None) -> Any:
-        return self._llm._init_sampler(top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
-                                       temp=s.temperature, repeat_penalty=s.repeat_penalty,
-                                       grammar=grammar)
+        # llama-cpp-python seeds a new sampler's dist stage from llm._seed, which replies
+        # being set up on other threads (batching) must not change in between
+        with self._sampler_lock:
+            self._llm.set_seed(RANDOM_SEED if s.seed is None else int(s.seed) & 0xFFFFFFFF)
+            return self._llm._init_sampler(top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
+                                           temp=s.temperature, repeat_penalty=s.repeat_penalty,
+                                           grammar=grammar)
+
+    def _detokenize(self, token: int) -> bytes:
+        return self._llm.detokenize([token])
+
+    def _reply(self, tokens: list[int], s: GenerationSettings, splitter: ThinkSplitter | None,
+               grammar: Any, n_ctx: int) -> Reply:
+        """One sequence's rules (r1local.reply) over this engine's vocabulary."""
+        stats = Stats(prompt_tokens=len(tokens), completion_tokens=0, thinking_tokens=0,
+                      prompt_seconds=0.0, decode_seconds=0.0, load_seconds=self.load_seconds,
+                      finish_reason="stop", n_ctx=n_ctx)
+        return Reply(tokens, s, stats, splitter=splitter, grammar=grammar,
+                     close=self.tokenize(BUDGET_CLOSE) if splitter is not None else [], n_ctx=n_ctx,
+                     reserve=lambda room: self._reserve(s, room),
+                     make_sampler=lambda g: self._sampler(s, g),
+                     detokenize=self._detokenize, is_eog=self._is_eog)
 
     def _run(self, tokens: list[int], s: GenerationSettings,
              cancel: threading.Event | None, splitter: ThinkSplitter | None,
              grammar: Any = None) -> Iterator[Chunk]:
         llm = self._llm
-        t_call = time.perf_counter()
-        stats = Stats(prompt_tokens=len(tokens), completion_tokens=0, thinking_tokens=0,
-                      prompt_seconds=0.0, decode_seconds=0.0, load_seconds=self.load_seconds,
-                      finish_reason="stop", n_ctx=self.n_ctx)
-        self.last_stats = stats
-        budget = s.think_budget
-        inject_now: list[int] = []
-        close = self.tokenize(BUDGET_CLOSE) if splitter is not None else []
-        if splitter is not None and budget is not None and budget <= 0 and splitter.in_thinking:
-            splitter.feed(BUDGET_CLOSE)  # no reasoning at all: close it in the prompt
-            tokens = tokens + close
-            stats.forced_answer = True
-        stops = StopMatcher(s.stop)
-        guard = LoopGuard() if s.loop_guard else None
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        max_new = s.max_tokens if s.max_tokens is not None else self.n_ctx
-        if splitter is not None and splitter.in_thinking:
-            stats.answer_reserve = self._reserve(s, min(max_new, self.n_ctx - len(tokens)))
-        llm.set_seed(RANDOM_SEED if s.seed is None else int(s.seed) & 0xFFFFFFFF)
-        # the grammar binds the answer only: while the model reasons it samples freely, and
-        # the grammar's sampler takes over (from its start state) once the reasoning closes
-        constrained = grammar is not None and (splitter is None or not splitter.in_thinking)
-        sampler = self._sampler(s, grammar if constrained else None)
-
-        def answer_begins() -> None:
-            nonlocal sampler, constrained
-            if grammar is not None and not constrained and not splitter.in_thinking:
-                sampler = self._sampler(s, grammar)
-                constrained = True
-
-        def emit(chunks: list[Chunk]) -> list[Chunk]:
-            out = []
-            for c in chunks:
-                if c.kind == ANSWER and s.stop:
-                    c = Chunk(ANSWER, stops.feed(c.text))
-                    if stops.stopped:
-                        stats.finish_reason = "stop"
-                if c.text:
-                    out.append(c)
-            return out
-
-        t_first = t_last = 0.0
+        reply = self._reply(tokens, s, splitter, grammar, self.n_ctx)
+        self.last_stats = stats = reply.stats
         try:
-            reused = self._reuse_prefix(tokens, reuse=s.seed is None)
-            rest = tokens[reused:]
+            prompt = reply.prompt
+            reused = self._reuse_prefix(prompt, reuse=s.seed is None)
+            rest = prompt[reused:]
             stats.prompt_eval_tokens = len(rest)
             t0 = time.perf_counter()
             for i in range(0, len(rest), self.n_batch):  # batches: cancellable between them
                 if cancel is not None and cancel.is_set():
-                    stats.finish_reason = "cancelled"
+                    reply.cancelled()
                     return
                 llm.eval(rest[i:i + self.n_batch])
             stats.prompt_seconds = time.perf_counter() - t0
             while True:
                 if cancel is not None and cancel.is_set():
-                    stats.finish_reason = "cancelled"
+                    reply.cancelled()
                     break
-                token = sampler.sample(llm._ctx, -1)
-                t_last = time.perf_counter()
-                if not t_first:
-                    t_first = t_last
-                    stats.ttft_seconds = t_first - t_call
-                if self._is_eog(token):
-                    stats.finish_reason = "stop"
-                    break
-                stats.completion_tokens += 1
-                if splitter is not None and not splitter.thinking_closed and not splitter.in_answer:
-                    stats.thinking_tokens += 1
-                text = decoder.decode(llm.detokenize([token]))
-                chunks = splitter.feed(text) if splitter is not None else [Chunk(ANSWER, text)]
-                out = emit(chunks)
+                out, feed = reply.advance(reply.sample(llm._ctx, -1), llm.n_tokens)
                 if out:
                     yield from out
-                if stops.stopped:
+                if feed is None:
                     break
-                if guard is not None and guard.add(token):
-                    stats.finish_reason = "loop"
-                    break
-                if stats.completion_tokens >= max_new or llm.n_tokens + 2 >= self.n_ctx:
-                    stats.finish_reason = "length"
-                    break
-                inject_now = [token]
-                # what the context can still take once this token is in, and what an answer
-                # begun now could have of it (max_tokens counts the answer, not the close)
-                ctx_room = self.n_ctx - 3 - llm.n_tokens
-                answer_room = min(max_new - stats.completion_tokens, ctx_room - len(close))
-                if (splitter is not None and splitter.in_thinking and (
-                        (budget is not None and stats.thinking_tokens >= budget)
-                        or 0 < answer_room <= stats.answer_reserve)):
-                    # budget spent, or only the answer's room left: close the reasoning in the
-                    # context, then the answer follows
-                    if ctx_room > len(close):
-                        inject_now += close
-                        yield from emit(splitter.feed(BUDGET_CLOSE))
-                        stats.forced_answer = True
-                        if guard is not None:
-                            guard.reset()
-                if splitter is not None:
-                    answer_begins()
-                if len(inject_now) == 1:
-                    self._decode_one(inject_now[0])
+                if len(feed) == 1:
+                    self._decode_one(feed[0])
                 else:
-                    llm.eval(inject_now)
-            tail = decoder.decode(b"", final=True)
-            chunks = (splitter.feed(tail) + splitter.flush()) if splitter is not None else [Chunk(ANSWER, tail)]
-            yield from emit(chunks)
-            rest_text = stops.flush()
-            if rest_text:
-                yield Chunk(ANSWER, rest_text)
+                    llm.eval(feed)
+            yield from reply.finish()
         except GeneratorExit:
-            stats.finish_reason = "cancelled"
+            reply.cancelled()
             raise
         finally:
-            stats.decode_seconds = (t_last - t_first) if t_first else 0.0
-            stats.context_tokens = int(llm.n_tokens)
+            reply.settle(llm.n_tokens)
+
+
+class _Later:
+    """An iterator that starts its generation when first asked (the samples that run one
+    after another), with that generation's Stats as ``.stats``."""
+
+    def __init__(self, engine: "Engine", start: Any) -> None:
+        self._engine = engine
+        self._start = start
+        self._it: Any = None
+        self.stats: Stats | None = None
+
+    def __iter__(self) -> "_Later":
+        return self
+
+    def __next__(self) -> Chunk:
+        if self._it is None:
+            self._it = self._start()
+        try:
+            return next(self._it)
+        finally:  # the engine's loop makes its Stats when it starts
+            self.stats = getattr(self._it, "stats", None) or self._engine.last_stats
+
+    def close(self) -> None:
+        if self._it is not None and hasattr(self._it, "close"):
+            self._it.close()
 
 
 def _params_from(plan: "Plan | None", train_ctx: Any) -> _LoadParams:

@@ -32,6 +32,7 @@ MULTILINE = '"""'
 HELP = """\
 /set temperature X | top_p X | top_k N | seed N|off | think-budget N|off
 /set system TEXT | system off | context N      change a setting
+/set samples K        answer K times at once and show the majority answer (1: off)
 /think show|hide      show the reasoning after it ends, or only "Thought for …"
 /show                 the model, how it was loaded, and the settings
 /stats                speed and context use of the last reply
@@ -56,7 +57,7 @@ REPLY_RESERVE_FRACTION = 4
 class Repl:
     def __init__(self, engine: Engine, settings: GenerationSettings, *, console: Console | None = None,
                  system: str | None = None, show_thinking: bool = True,
-                 reload: Callable[[int], Engine] | None = None, describe: str = "",
+                 reload: Callable[..., Engine] | None = None, describe: str = "",
                  history_path: Path | None = None) -> None:
         self.engine = engine
         self.settings = settings
@@ -67,6 +68,7 @@ class Repl:
         self.describe = describe
         self.history_path = history_path
         self.messages: list[dict] = []
+        self.samples = 1  # /set samples K: K replies decoded together, the majority kept
         self.last_user: str | None = None
         self._session = None
 
@@ -176,10 +178,22 @@ class Repl:
         cancel = threading.Event()
         convo = self.conversation()
 
+        streams: list = []
+        texts = [""] * self.samples  # each sample's answer (/set samples K)
+
         def work() -> None:
             try:
-                for chunk in self.engine.chat(convo, self.settings, cancel=cancel):
-                    q.put(chunk)
+                if self.samples > 1:
+                    streams.extend(self.engine.chat_samples(
+                        convo, self.settings.for_samples(self.samples), cancel=cancel))
+                else:
+                    streams.append(self.engine.chat(convo, self.settings, cancel=cancel))
+                for i, stream in enumerate(streams):
+                    for chunk in stream:
+                        if i == 0:  # the first sample is shown as it comes
+                            q.put(chunk)
+                        if chunk.kind == "answer":
+                            texts[i] += chunk.text
             except BaseException as err:  # handed to the UI thread to report
                 q.put(err)
             finally:
@@ -204,7 +218,8 @@ class Repl:
                 interrupted = True
                 cancel.set()
         worker.join()
-        stats = self.engine.last_stats
+        stats = getattr(streams[0], "stats", None) if streams else None
+        stats = stats or self.engine.last_stats
         note = None
         if interrupted:
             note = "(stopped)"
@@ -217,6 +232,15 @@ class Repl:
         view.close(note)
         if error is not None:
             self.console.print(f"error: {escape(str(error))}", style="red")
+        if self.samples > 1 and error is None and not interrupted:
+            from r1local.vote import majority
+
+            vote = majority(texts)
+            self.console.print(f"majority of {self.samples} samples: {escape(vote.line())} "
+                               f"(each: {', '.join(a or '-' for a in vote.answers)})",
+                               style="bold")
+            if vote.votes:  # the history keeps a reply that gave the majority answer
+                view.answer = texts[vote.answers.index(vote.answer)]
         if view.answer.strip() or (view.thinking and not interrupted and error is None):
             self.messages.append({"role": "assistant", "content": view.answer.strip(),
                                   "thinking": view.thinking})
@@ -284,10 +308,13 @@ class Repl:
         if key in ("context", "ctx", "num_ctx"):
             self._set_context(value)
             return
+        if key == "samples":
+            self._set_samples(value)
+            return
         field = SET_FIELDS.get(key)
         if field is None:
             raise R1LocalError(f"cannot set '{key}'; settable: temperature, top_p, top_k, seed, "
-                               "think-budget, system, context")
+                               "think-budget, system, context, samples")
         if field in OPTIONAL_FIELDS and value.lower() in ("off", "none", ""):
             setattr(self.settings, field, None)
         else:
@@ -310,9 +337,30 @@ class Repl:
         if self.reload is None:
             raise R1LocalError("this session cannot reload the model")
         self.console.print(f"reloading with a context of {n} tokens…", style=NOTE_STYLE)
+        sequences = self.engine.n_parallel  # /set samples' sequences stay
         self.engine.close()
-        self.engine = self.reload(n)
+        self.engine = self.reload(n, sequences) if sequences > 1 else self.reload(n)
         self.console.print(f"context = {self.engine.n_ctx}", style=NOTE_STYLE)
+
+    def _set_samples(self, value: str) -> None:
+        from r1local.batching import MAX_PARALLEL
+
+        try:
+            k = int(value)
+        except ValueError:
+            raise R1LocalError(f"samples needs a number, not '{value}'") from None
+        if not 1 <= k <= MAX_PARALLEL:
+            raise R1LocalError(f"samples must be 1 to {MAX_PARALLEL}")
+        if k > self.engine.n_parallel:  # the engine must hold k sequences: load it so once
+            if self.reload is None:
+                raise R1LocalError("this session cannot reload the model")
+            n_ctx = self.engine.n_ctx
+            self.console.print(f"reloading for {k} sequences of {n_ctx} tokens…",
+                               style=NOTE_STYLE)
+            self.engine.close()
+            self.engine = self.reload(n_ctx, k)
+        self.samples = k
+        self.console.print(f"samples = {k}", style=NOTE_STYLE)
 
     def show(self) -> None:
         e = self.engine

@@ -164,6 +164,20 @@ def test_context_fills_oldest_turns_dropped(micro_reasoner, tmp_path):
         assert "4 + 1 = 5" in ask(child, "What is 4+1?")
 
 
+def test_set_samples_answers_several_times_and_keeps_the_majority(micro_reasoner, tmp_path):
+    with session(micro_reasoner, tmp_path, "--ctx", "512", "--temperature", "0") as child:
+        out = ask(child, "/set samples 3")
+        assert "reloading for 3 sequences of 512 tokens" in out and "samples = 3" in out
+        out = ask(child, "What is 3+4?")
+        assert "3 + 4 = 7" in out  # the first sample, shown as it comes
+        assert "majority of 3 samples: 7  (3 of 3 samples) (each: 7, 7, 7)" in out
+        assert "context = 512" in ask(child, "/set context 512")  # still 3 sequences after
+        assert "majority of 3 samples: 5" in ask(child, "What is 4+1?")
+        assert "samples = 1" in ask(child, "/set samples 1")
+        assert "majority" not in ask(child, "What is 2+2?")
+        assert "samples must be 1 to 64" in ask(child, "/set samples 0")
+
+
 def test_smollm2_chat_and_bye(smollm2, tmp_path):
     child = spawn(smollm2, tmp_path, "--temperature", "0")
     try:

@@ -111,7 +111,9 @@ def test_disconnect_stops_generation(r1_standin, smollm2):
 def test_queue_serves_everyone_then_503_when_full(r1_standin):
     # the R1 stand-in's random weights never end a reply on their own: it holds the model busy
     model = str(r1_standin)
-    with BackgroundServer(ServerConfig(port=0, max_queue=2, allow_paths=FIXTURE_DIRS)) as srv:
+    # one request at a time (--parallel 1): test_serve_parallel has the queue beside N slots
+    with BackgroundServer(ServerConfig(port=0, max_queue=2, parallel=1,
+                                       allow_paths=FIXTURE_DIRS)) as srv:
         client = ollama.Client(host=srv.url)
         client.generate(model=model, keep_alive=-1)  # loaded before the queue forms
         results: dict[int, object] = {}

@@ -25,10 +25,18 @@ def create_app(config: ServerConfig | None = None, manager: ModelManager | None 
     manager = manager or ModelManager(keep_alive=config.keep_alive, max_queue=config.max_queue,
                                       max_loaded=config.max_loaded, n_ctx=config.n_ctx,
                                       n_threads=config.n_threads,
-                                      names=NamePolicy.from_config(config))
+                                      names=NamePolicy.from_config(config),
+                                      parallel=config.parallel)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
+
+        # every generating request holds a worker thread while it streams (streaming.py):
+        # the default pool (cores + 4) would cap how many decode together
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=64, thread_name_prefix="r1local"))
         manager.start()
         if config.model and not any(s.pinned for s in manager.loaded.values()):
             await manager.preload(config.model)  # `r1local serve` preloads before binding

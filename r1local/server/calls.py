@@ -6,7 +6,10 @@ Shared by both API families so they treat the same sampling fields the same way.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
+
+from r1local.reasoning import Chunk
 
 from r1local.server.errors import ApiError, bad_request
 from r1local.server.limits import refuse_huge_prompt
@@ -40,11 +43,13 @@ def settings_from_ollama(options: OllamaOptions | None) -> tuple[Any, int | None
     return s, options.num_ctx, n == 0  # -1 / -2: until the context is full
 
 
-def settings_from_openai(req: Any, max_tokens: int | None) -> Any:
+def settings_from_openai(req: Any, max_tokens: int | None, *, most_n: int = 1) -> Any:
+    """``most_n``: the most choices (`n`) this endpoint serves (chat: batching.MAX_PARALLEL)."""
     from r1local.engine import GenerationSettings
 
-    if req.n != 1:
-        raise bad_request("only n=1 is supported", param="n")
+    if not 1 <= req.n <= most_n:
+        raise bad_request("only n=1 is supported" if most_n == 1 else
+                          f"n must be 1 to {most_n}", param="n")
     s = GenerationSettings()
     _apply(s, req, OPENAI_FIELDS)
     s.stop = stop_list(req.stop)
@@ -113,10 +118,11 @@ def ollama_tool_calls(calls: list[Any]) -> list[dict]:
 
 def chat_call(messages: list[dict], settings: Any, *, think: bool | None,
               nothing: bool = False, tools: list[dict] | None = None,
-              tool_choice: str | None = None) -> EngineCall:
+              tool_choice: str | None = None, choices: int = 1) -> EngineCall:
     """The engine call for a chat; `think` False asks a reasoning model to skip reasoning
     (an empty `<think></think>`, as Ollama's R1 template does), True requires a reasoning model.
-    ``tools``: definitions from tool_request (the model must have a tool-call format)."""
+    ``tools``: definitions from tool_request (the model must have a tool-call format).
+    ``choices`` > 1: that many replies (OpenAI's n), decoded together, as one Choices stream."""
 
     def make(engine: Any, cancel: threading.Event) -> Iterator[Any]:
         if think is True and not engine.is_reasoning:
@@ -132,9 +138,59 @@ def chat_call(messages: list[dict], settings: Any, *, think: bool | None,
         refuse_huge_prompt(engine, prompt)
         if nothing:
             return NoTokens(engine, _check_fits(engine, prompt))
+        if choices > 1:
+            return Choices(engine.chat_samples(messages, settings.for_samples(choices),
+                                               cancel=cancel, tools=tools,
+                                               tool_choice=tool_choice))
         return engine.chat(messages, settings, cancel=cancel, tools=tools, tool_choice=tool_choice)
 
     return make
+
+
+@dataclass
+class ChoiceChunk(Chunk):
+    """A chunk of choice ``index``; one with ``finish`` set (and no text) ends that choice."""
+
+    index: int = 0
+    finish: str | None = None
+
+
+class Choices:
+    """Several replies to one chat as one iterator of ChoiceChunks, choice after choice
+    (they decode together; the later ones wait in their queues). ``stats``: the first
+    one's, with every choice's tokens added up (OpenAI's usage)."""
+
+    def __init__(self, streams: list[Any]) -> None:
+        self._streams = streams
+        self._it = self._chunks()
+
+    def _chunks(self) -> Iterator[ChoiceChunk]:
+        for i, stream in enumerate(self._streams):
+            for c in stream:
+                yield ChoiceChunk(c.kind, c.text, index=i)
+            yield ChoiceChunk("answer", "", index=i, finish=finish_reason(stream.stats))
+
+    def __iter__(self) -> "Choices":
+        return self
+
+    def __next__(self) -> ChoiceChunk:
+        return next(self._it)
+
+    def close(self) -> None:
+        for stream in self._streams:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+
+    @property
+    def stats(self) -> Any:
+        from dataclasses import replace
+
+        each = [s.stats for s in self._streams if getattr(s, "stats", None) is not None]
+        if not each:
+            return None
+        return replace(each[0], completion_tokens=sum(s.completion_tokens for s in each),
+                       thinking_tokens=sum(s.thinking_tokens for s in each))
 
 
 def completion_call(prompt: str, settings: Any, *, nothing: bool = False) -> EngineCall:

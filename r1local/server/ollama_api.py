@@ -252,6 +252,8 @@ async def ps(request: Request) -> dict:
         entry.update({"expires_at": describe.iso(now + min(remaining, 1e9)),
                       "size_vram": slot.vram_bytes, "context_length": slot.engine.n_ctx,
                       "default_context_length": slot.default_ctx,
+                      # requests decoded together, each with context_length of its own
+                      "parallel": slot.engine.n_parallel, "active": slot.active,
                       "plan": slot.plan.as_dict()})
         del entry["modified_at"]
         out.append(entry)

@@ -62,7 +62,10 @@ async def chat_completions(request: Request) -> Any:
     refuse_openai(raw)
     tools, tool_choice = tool_request(req.tools, req.tool_choice)
     name = _model_name(request, req.model)
-    settings = settings_from_openai(req, req.max_completion_tokens or req.max_tokens)
+    from r1local.batching import MAX_PARALLEL
+
+    settings = settings_from_openai(req, req.max_completion_tokens or req.max_tokens,
+                                    most_n=MAX_PARALLEL)
     settings.grammar = output_grammar("response_format", req.response_format)
     messages = [{"role": "system" if m.role == "developer" else m.role,
                  "content": message_text(m.content),
@@ -70,7 +73,7 @@ async def chat_completions(request: Request) -> Any:
                     if m.tool_calls else {})} for i, m in enumerate(req.messages)]
     manager = request.app.state.manager
     make = windowed_chat(manager, messages, settings, n_ctx=None, truncate=False, think=None,
-                         refusal=OPENAI_REFUSAL, tools=tools, tool_choice=tool_choice)
+                         refusal=OPENAI_REFUSAL, tools=tools, tool_choice=tool_choice, choices=req.n)
     if req.reasoning_effort is not None:
         settings.think_budget = REASONING_EFFORT[req.reasoning_effort]
         make = _reasoning_only(make, req.reasoning_effort)
@@ -79,6 +82,8 @@ async def chat_completions(request: Request) -> Any:
     reasoning = gen.lease.engine.is_reasoning
     # calls are looked for only when tools were offered: else the answer is all content
     family = gen.lease.engine.tool_family if tools else None
+    if req.n > 1:
+        return await _choices(gen, req, cid, created, name, reasoning, family)
 
     if not req.stream:
         out = await gen.collect()
@@ -127,6 +132,90 @@ async def chat_completions(request: Request) -> Any:
                 gen, lambda out: chunk({}, "tool_calls" if calls else finish_reason(out.stats)),
                 usage_head if include_usage else None):
             yield event
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})
+
+
+async def _choices(gen: Any, req: ChatCompletionRequest, cid: str, created: int, name: str,
+                   reasoning: bool, family: Any) -> Any:
+    """`n` > 1: the choices decoded together (calls.Choices), each its own message, and
+    r1local's `vote`: the majority answer over them (r1local.vote)."""
+    from r1local.vote import majority
+
+    head = {"id": cid, "created": created, "model": name}
+
+    def message(thinking: str, answer: str) -> tuple[dict, bool]:
+        content, calls = split_reply(family, answer)
+        m: dict[str, Any] = {"role": "assistant", "content": content}
+        if reasoning:
+            m["reasoning_content"] = thinking
+        if calls:
+            m.update(content=content or None, tool_calls=openai_tool_calls(calls))
+        return m, bool(calls)
+
+    if not req.stream:
+        parts = [{"thinking": [], "answer": [], "finish": "stop"} for _ in range(req.n)]
+        async for c in gen.chunks():
+            if c.finish is not None:
+                parts[c.index]["finish"] = c.finish
+            else:
+                parts[c.index][c.kind].append(c.text)
+        out = await gen.outcome()
+        if out.error is not None:
+            raise out.error
+        choices, answers = [], []
+        for i, p in enumerate(parts):
+            answers.append("".join(p["answer"]))
+            m, called = message("".join(p["thinking"]), answers[-1])
+            choices.append({"index": i, "message": m, "logprobs": None,
+                            "finish_reason": "tool_calls" if called else p["finish"]})
+        return JSONResponse({**head, "object": "chat.completion", "choices": choices,
+                             "usage": _usage(out), "vote": majority(answers).as_dict()})
+
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+    def chunk(i: int, delta: dict, finish: str | None = None) -> dict:
+        body = {**head, "object": "chat.completion.chunk",
+                "choices": [{"index": i, "delta": delta, "logprobs": None,
+                             "finish_reason": finish}]}
+        if include_usage:
+            body["usage"] = None
+        return body
+
+    async def events() -> AsyncIterator[bytes]:
+        answers = [""] * req.n
+        held = [ToolStream(family) for _ in range(req.n)]
+        started: set[int] = set()
+        async for c in gen.chunks():
+            i = c.index
+            if i not in started:
+                started.add(i)
+                yield _sse(chunk(i, {"role": "assistant", "content": ""}))
+            if c.finish is not None:
+                rest, calls = held[i].finish()
+                if rest:
+                    yield _sse(chunk(i, {"content": rest}))
+                if calls:
+                    yield _sse(chunk(i, {"tool_calls": [{"index": k, **call} for k, call
+                                                        in enumerate(openai_tool_calls(calls))]}))
+                yield _sse(chunk(i, {}, "tool_calls" if calls else c.finish))
+            elif c.kind == "thinking":
+                yield _sse(chunk(i, {"content": None, "reasoning_content": c.text}))
+            else:
+                answers[i] += c.text
+                if (text := held[i].feed(c.text)):
+                    yield _sse(chunk(i, {"content": text}))
+        out = await gen.outcome()
+        if out.error is not None:
+            yield _sse(openai_body(out.error))
+        else:
+            yield _sse({**head, "object": "chat.completion.chunk", "choices": [],
+                        "vote": majority(answers).as_dict()})
+            if include_usage:
+                yield _sse({**head, "object": "chat.completion.chunk", "choices": [],
+                            "usage": _usage(out)})
+        yield b"data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache"})

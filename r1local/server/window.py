@@ -118,7 +118,7 @@ def bound_reply(settings: Any, limit: int, loaded: int, prompt_tokens: int) -> N
 def windowed_chat(manager: Any, messages: list[dict], settings: Any, *, n_ctx: int | None,
                   truncate: bool, think: bool | None, nothing: bool = False,
                   refusal: str = OLLAMA_REFUSAL, tools: list[dict] | None = None,
-                  tool_choice: str | None = None) -> EngineCall:
+                  tool_choice: str | None = None, choices: int = 1) -> EngineCall:
     """chat_call inside this request's window (the turns that fit, the reply bounded)."""
 
     def make(engine: Any, cancel: threading.Event) -> Iterator[Any]:
@@ -128,7 +128,7 @@ def windowed_chat(manager: Any, messages: list[dict], settings: Any, *, n_ctx: i
                             refusal, tools if engine.tool_family is not None else None)
         bound_reply(settings, limit, engine.n_ctx, n)
         return chat_call(kept, settings, think=think, nothing=nothing, tools=tools,
-                         tool_choice=tool_choice)(engine, cancel)
+                         tool_choice=tool_choice, choices=choices)(engine, cancel)
 
     return make
 
