@@ -7,13 +7,16 @@ is one llama.cpp's model loader sees.
 
 llama.cpp's RPC client aborts the whole process on a worker it cannot reach or that speaks
 another protocol version, so `connect` first says hello to each worker itself, over a plain
-socket, and turns every failure into a one-line error naming the worker.
+socket, and turns every failure into a one-line error naming the worker. It also aborts
+when a connection drops later, so a model that uses workers runs in a child process of its
+own (r1local.rpc_child).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ipaddress
+import os
 import socket
 import struct
 import threading
@@ -70,8 +73,9 @@ def _ggml() -> ctypes.CDLL:
     import llama_cpp  # loads libggml and its backends first, so ctypes gets the same copy
 
     lib_dir = Path(llama_cpp.__file__).parent / "lib"
-    names = [p for p in (lib_dir / "libggml.so", lib_dir / "libggml.dylib", lib_dir / "ggml.dll")
-             if p.exists()]
+    from r1local.hardware import GGML_NAMES  # libllama's own copy first (see there)
+
+    names = [lib_dir / n for n in GGML_NAMES if (lib_dir / n).exists()]
     if not names:
         raise RpcError(f"no libggml next to llama_cpp in {lib_dir}: run ./install.sh again")
     lib = ctypes.CDLL(str(names[0]))
@@ -158,8 +162,6 @@ def add_rpc_argument(parser) -> None:
 
 def endpoints_from(value: str | None) -> list[str] | None:
     """--rpc, or $R1LOCAL_RPC when it is not given, checked; None: no workers."""
-    import os
-
     text = value if value is not None else os.environ.get(RPC_ENV, "")
     return parse_endpoints(text) if text.strip() else None
 
@@ -265,6 +267,9 @@ def check_port_free(addr: str, port: int) -> None:
     that it failed to create its socket)."""
     family = socket.AF_INET6 if ":" in addr else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
+        if os.name != "nt":  # as llama.cpp's server binds (on Windows the flag means more):
+            # a worker restarted on its port need not wait out its old connections' TIME_WAIT
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((addr, port))
         except OSError as err:

@@ -66,23 +66,39 @@ def machine(ram_limit: int | None = None, models_dir: Path | None = None) -> "Ma
     return found
 
 
-def pick_quant(variant: "Variant", on: "Machine", min_tok_s: float | None = None) -> "Plan":
+def rpc_workers(value: str | None) -> "list[tuple[str, int]] | None":
+    """--rpc (or $R1LOCAL_RPC): each worker's host:port and the memory it offers, asked of
+    the worker itself; None without workers."""
+    from r1local import rpc
+
+    endpoints = rpc.endpoints_from(value)
+    if not endpoints:
+        return None
+    return [(w.endpoint, w.free_bytes) for w in rpc.connect(endpoints)]
+
+
+def pick_quant(variant: "Variant", on: "Machine", min_tok_s: float | None = None, *,
+               experts_on: str = "auto",
+               workers: "list[tuple[str, int]] | None" = None) -> "Plan":
     """The quant of ``variant`` to use on this machine: the best quality that fits with a
     useful context and still decodes at the speed floor (``--min-speed``, by default
     quant_choice.MIN_TOK_S), the rule `hw` recommends by. Every command that chooses a
-    quant asks here."""
+    quant asks here. ``workers``: RPC workers' (host:port, bytes offered) to plan with."""
     from r1local.quant_choice import MIN_TOK_S, choose_quant
 
-    return choose_quant(variant, on, min_tok_s=MIN_TOK_S if min_tok_s is None else min_tok_s)
+    return choose_quant(variant, on, min_tok_s=MIN_TOK_S if min_tok_s is None else min_tok_s,
+                        experts_on=experts_on, workers=workers)
 
 
 def recommendation(catalog: "Catalog", on: "Machine",
-                   min_tok_s: float | None = None) -> "Plan":
+                   min_tok_s: float | None = None, *, experts_on: str = "auto",
+                   workers: "list[tuple[str, int]] | None" = None) -> "Plan":
     """The variant and quant this machine should run (what `hw` stars and `run` with no
     model uses), by the same speed floor as pick_quant."""
     from r1local.quant_choice import MIN_TOK_S, recommend
 
-    return recommend(catalog, on, min_tok_s=MIN_TOK_S if min_tok_s is None else min_tok_s)
+    return recommend(catalog, on, min_tok_s=MIN_TOK_S if min_tok_s is None else min_tok_s,
+                     experts_on=experts_on, workers=workers)
 
 
 def locate(ref: str, *, store: "Store | None" = None,
@@ -98,21 +114,31 @@ def locate(ref: str, *, store: "Store | None" = None,
 
 
 def plan_model(model: ModelFile, on: "Machine", *, ctx: int | None = None,
-               gpu_layers: int | None = None) -> "Plan":
-    """The planner's settings for this file on this machine (from its real tensor sizes)."""
-    from r1local.planner import plan_gguf
+               gpu_layers: int | None = None, experts_on: str = "auto",
+               workers: "list[tuple[str, int]] | None" = None) -> "Plan":
+    """The planner's settings for this file on this machine (from its real tensor sizes);
+    ``experts_on``: where a MoE model's routed experts go (`--experts-on`); ``workers``: RPC
+    workers' (host:port, bytes offered) to plan the cluster with (planner.plan_cluster)."""
+    from r1local.planner import plan_cluster, plan_gguf
 
-    plan = plan_gguf(model.header, on, n_ctx=ctx, n_gpu_layers=gpu_layers)
+    if workers:
+        from r1local.shapes import shape_from_gguf
+
+        plan = plan_cluster(shape_from_gguf(model.header), on, workers, n_ctx=ctx,
+                            experts_on=experts_on)
+        return replace(plan, quant=model.quant)
+    plan = plan_gguf(model.header, on, n_ctx=ctx, n_gpu_layers=gpu_layers, experts_on=experts_on)
     return replace(plan, quant=model.quant)
 
 
 def _fitting_plan(model: ModelFile, on: "Machine | None", *, ctx: int | None,
                   gpu_layers: int | None, threads: int | None, ram_limit: int | None,
-                  force: bool, warn: Callable[[str], None] | None) -> "Plan":
+                  force: bool, warn: Callable[[str], None] | None,
+                  experts_on: str = "auto") -> "Plan":
     """The plan to load ``model`` with; one that does not fit is refused with the fix,
     unless ``force`` (then ``warn`` is told)."""
     on = on or machine(ram_limit, model.path.parent)
-    plan = plan_model(model, on, ctx=ctx, gpu_layers=gpu_layers)
+    plan = plan_model(model, on, ctx=ctx, gpu_layers=gpu_layers, experts_on=experts_on)
     if threads is not None:
         plan = replace(plan, n_threads=threads)
     if not plan.fits:
@@ -132,11 +158,18 @@ def open_model(ref: "str | ModelFile", *, ctx: int | None = None, gpu_layers: in
                on: "Machine | None" = None, verbose: bool | None = None,
                warn: Callable[[str], None] | None = None,
                rpc: "Sequence[str] | None" = None,
+               progress: Callable[[float], None] | None = None,
+               experts_on: str = "auto",
+               parallel: int = 1,
                ) -> "tuple[Engine, Plan, StoredModel | None]":
     """Resolve, plan and load a model for chat and completion. A plan that does not fit is
     refused with the fix, unless ``force`` (then ``warn`` is told, and it loads anyway).
     ``rpc``: host:port of RPC workers (`r1local worker`) to run some of the layers; the
-    engine's ``rpc_split`` then says where each layer went."""
+    engine's ``rpc_split`` then says where each layer went. ``progress``: llama.cpp's load
+    fraction as it loads (Engine.load). ``experts_on``: where a MoE model's routed experts
+    go, "auto" (the planner decides), "cpu" (always RAM) or "gpu" (with their layers).
+    ``parallel``: sequences decoded together (serve --parallel, run --samples), each with
+    a context of ``ctx`` (default: slot_ctx's); the plan holds the KV cache of them all."""
     from r1local.engine import Engine
     from r1local.errors import UsageError
     from r1local.ggufinfo import ENCODER_ARCHITECTURES
@@ -149,40 +182,84 @@ def open_model(ref: "str | ModelFile", *, ctx: int | None = None, gpu_layers: in
                          "/v1/embeddings on `r1local serve`")
     if rpc:
         plan, split = _rpc_plan(model, rpc, on, ctx=ctx, gpu_layers=gpu_layers,
-                                threads=threads, ram_limit=ram_limit, force=force, warn=warn)
+                                threads=threads, ram_limit=ram_limit, force=force, warn=warn,
+                                experts_on=experts_on)
         engine = Engine.load(model.path, plan, verbose=verbose, header=model.header,
-                             n_gpu_layers=split.n_gpu_layers, tensor_split=split.tensor_split)
+                             n_gpu_layers=split.n_gpu_layers, tensor_split=split.tensor_split,
+                             progress=progress, cpu_tensors=split.cpu_tensors)
         engine.rpc_split = split
         return engine, plan, model.stored
+    slot = None
+    if parallel > 1:
+        on = on or machine(ram_limit, model.path.parent)
+        slot = slot_ctx(model, on, ctx)
+        ctx = parallel * slot
     plan = _fitting_plan(model, on, ctx=ctx, gpu_layers=gpu_layers, threads=threads,
-                         ram_limit=ram_limit, force=force, warn=warn)
-    engine = Engine.load(model.path, plan, verbose=verbose, header=model.header)
+                         ram_limit=ram_limit, force=force, warn=warn, experts_on=experts_on)
+    # with nothing offloaded every tensor is in RAM already: no override to set
+    engine = Engine.load(model.path, plan, verbose=verbose, header=model.header,
+                         progress=progress,
+                         cpu_tensors=plan.cpu_tensors if plan.n_gpu_layers else (),
+                         n_ctx=slot, n_parallel=parallel)
     return engine, plan, model.stored
+
+
+def slot_ctx(model: ModelFile, on: "Machine", ctx: int | None) -> int:
+    """Each parallel sequence's context: ``ctx``, else the planner's context for one
+    sequence, at most batching.SLOT_CTX (several full-length contexts rarely fit)."""
+    from r1local.batching import SLOT_CTX
+    from r1local.planner import pad_ctx
+
+    return pad_ctx(ctx or min(plan_model(model, on).n_ctx, SLOT_CTX))
+
+
+def choose_parallel(model: ModelFile, on: "Machine", ctx: int | None,
+                    most: int | None = None) -> int:
+    """How many sequences `serve` decodes together by default: the most (up to
+    batching.DEFAULT_PARALLEL) whose KV cache still fits beside the model without moving
+    a layer off the GPU."""
+    from r1local.batching import DEFAULT_PARALLEL
+
+    one = plan_model(model, on, ctx=slot_ctx(model, on, ctx))
+    for n in range(most or DEFAULT_PARALLEL, 1, -1):
+        plan = plan_model(model, on, ctx=n * slot_ctx(model, on, ctx))
+        if plan.fits and plan.n_gpu_layers >= one.n_gpu_layers:
+            return n
+    return 1
 
 
 def _rpc_plan(model: ModelFile, endpoints: "Sequence[str]", on: "Machine | None", *,
               ctx: int | None, gpu_layers: int | None, threads: int | None,
               ram_limit: int | None, force: bool,
-              warn: Callable[[str], None] | None) -> "tuple[Plan, RpcSplit]":
-    """The plan with RPC workers: this machine's plan (whether or not the whole model would
-    fit here), then its CPU layers spread over this machine and the workers, each worker's
-    memory as the worker itself reports it. The workers are registered as llama.cpp devices
-    here, before anything loads."""
+              warn: Callable[[str], None] | None,
+              experts_on: str = "auto") -> "tuple[Plan, RpcSplit]":
+    """The plan with RPC workers (planner.plan_cluster): planned for the memory of this
+    machine and the workers together, its CPU layers then spread over this machine and the
+    workers, each worker's memory as the worker itself reports it. The workers are
+    registered as llama.cpp devices here, before anything loads."""
     from r1local import rpc
-    from r1local.planner import plan_rpc
+    from r1local.planner import plan_cluster
     from r1local.shapes import shape_from_gguf
 
     local_gpus = rpc.local_gpu_count()
     workers = rpc.connect(endpoints)
-    plan = _fitting_plan(model, on, ctx=ctx, gpu_layers=gpu_layers, threads=threads,
-                         ram_limit=ram_limit, force=True, warn=None)
-    split = plan_rpc(shape_from_gguf(model.header), plan,
-                     [(w.endpoint, w.free_bytes) for w in workers], local_gpus)
+    # the same cluster plan `show --rpc` and `hw --rpc` show: the context for all the memory
+    on = on or machine(ram_limit, model.path.parent)
+    plan = plan_cluster(shape_from_gguf(model.header), on,
+                        [(w.endpoint, w.free_bytes) for w in workers], n_ctx=ctx,
+                        n_gpu_layers=gpu_layers, experts_on=experts_on, local_gpus=local_gpus)
+    plan = replace(plan, quant=model.quant, n_threads=plan.n_threads if threads is None else threads)
+    split = plan.rpc
     if not split.fits:
         what = f"{model.path.name} does not fit this machine and its RPC workers ({split.reason})"
         if not force:
-            raise DoesNotFitError(what, hint="add a worker, give one more --mem, pick a smaller "
-                                  "quant, or add --force to load it anyway")
+            # what would fit: the first worker short of room, offering what its share needs
+            short = next((p for p in split.parts[1:] if p.bytes > p.budget
+                          and p.where not in ("local CPU", "local GPU")), None)
+            fix = (f"start {short.where}'s worker with --mem {-(-short.bytes // (1 << 20))}M or more, "
+                   "or add a worker" if short is not None else "add a worker")
+            raise DoesNotFitError(what, hint=f"{fix}; or pick a smaller quant, or add --force "
+                                  "to load it anyway")
         if warn is not None:
             warn(f"{what}; loading it anyway (--force)")
     return plan, split

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -57,8 +58,8 @@ def free_port() -> int:
 class WorkerProcess:
     """`r1local worker` in a subprocess, up once it answers llama.cpp's hello."""
 
-    def __init__(self, *args: str) -> None:
-        self.port = free_port()
+    def __init__(self, *args: str, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.endpoint = f"127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "r1local", "worker", "--port", str(self.port), *args],
@@ -76,6 +77,11 @@ class WorkerProcess:
                     raise
                 time.sleep(0.2)
 
+    def kill(self) -> None:
+        """kill -9: the worker is gone at once, its connections with it."""
+        self.proc.kill()
+        self.proc.communicate()
+
     def stop(self) -> tuple[str, str]:
         self.proc.terminate()
         try:
@@ -90,14 +96,15 @@ class WorkerProcess:
 def workers(rpc_build):
     started: list[WorkerProcess] = []
 
-    def start(*args: str) -> WorkerProcess:
-        w = WorkerProcess(*args)
+    def start(*args: str, port: int | None = None) -> WorkerProcess:
+        w = WorkerProcess(*args, port=port)
         started.append(w)
         return w
 
     yield start
     for w in started:
-        w.stop()
+        if w.proc.poll() is None:
+            w.stop()
 
 
 GREEDY = ("--temperature", "0", "--top-k", "1", "--seed", "7")
@@ -145,13 +152,21 @@ def test_unreachable_worker_is_a_one_line_error_naming_it(rpc_build, micro_reaso
 def test_malformed_rpc_list_is_refused(micro_reasoner):
     line = one_line_error(r1local("run", str(micro_reasoner), "hi", "--rpc", "localhost"))
     assert "bad RPC worker 'localhost'" in line
+    # serve checks its list before it listens, from the flag or the environment
+    line = one_line_error(r1local("serve", "--port", "0", env={rpc.RPC_ENV: "a:1,a:1"}))
+    assert "RPC worker a:1 is listed twice" in line
 
 
 def test_worker_reports_the_memory_it_offers(workers):
     w = workers("--mem", "256M")
-    # in this process: the worker's own answer to llama.cpp's memory question
-    (got,) = rpc.connect([w.endpoint])
-    assert got.free_bytes == 256 * MiB
+    # the worker's own answer to llama.cpp's memory question, asked by another process: a
+    # worker registered in this one would stay a device of every later load here, and
+    # llama.cpp aborts asking a stopped worker for its memory
+    p = subprocess.run([sys.executable, "-c", "import sys; from r1local import rpc; "
+                        "print(rpc.connect([sys.argv[1]])[0].free_bytes)", w.endpoint],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert int(p.stdout) == 256 * MiB
 
 
 def test_worker_refuses_a_non_loopback_address_without_the_flag(rpc_build):
@@ -205,3 +220,193 @@ def test_plan_rpc_boundaries_put_every_layer_where_the_line_says(smollm2):
     assert owner[L] == 1 and split.parts[2].output  # the output with the last worker
     # shares follow the memory: the worker with twice the memory has about twice the layers
     assert split.parts[2].n_blocks > split.parts[1].n_blocks
+
+
+# ---------------------------------------------------------------------------
+# A lost worker (the model runs in a child process: r1local.rpc_child)
+
+COUNTING = "Count from 1 to 300, one number per line."  # a long reply, to be cut
+
+
+def test_worker_killed_mid_reply_ends_run_in_one_line_error(workers, smollm2):
+    w = workers()
+    p = subprocess.Popen([sys.executable, "-m", "r1local", "run", str(smollm2), COUNTING,
+                          "--max-tokens", "600", *GREEDY, "--rpc", w.endpoint], cwd=ROOT,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        first = p.stdout.readline()  # the reply has begun
+        w.kill()
+        rest, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert first.strip() and p.returncode == 1, (first, p.returncode, err)
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    # the split's start line, then one line naming the worker that went away
+    assert len(lines) == 2 and lines[0].startswith("r1local: layers "), err
+    assert lines[1].startswith(f"r1local: error: lost RPC worker {w.endpoint} while running "
+                               f"{smollm2.name}: connection refused"), err
+    assert f"r1local worker --port {w.port}" in lines[1]
+    assert len((first + rest).splitlines()) < 300  # it was cut short
+
+
+def _profile_where_only_the_small_one_fits(tmp_path, big: Path, small: Path) -> Path:
+    """A machine profile with RAM for ``small`` but not for ``big`` (as the planner sees
+    them), so that `serve --rpc` loads ``big`` over the workers and ``small`` here."""
+    from r1local import session
+    from r1local.hardware import hypothetical
+
+    for mib in range(1024, 2048, 16):
+        on = hypothetical(ram=mib * MiB, cores=os.cpu_count() or 1)
+        if (session.plan_model(session.locate(str(small)), on).fits
+                and not session.plan_model(session.locate(str(big)), on).fits):
+            path = tmp_path / "machine.toml"
+            path.write_text(f'ram = "{mib}M"\ncores = {os.cpu_count() or 1}\n')
+            return path
+    raise AssertionError("no RAM size fits one model and not the other")
+
+
+def test_serve_survives_a_lost_worker_and_loads_the_model_again(workers, tmp_path, smollm2,
+                                                               micro_reasoner):
+    import json
+
+    import httpx
+
+    w = workers()
+    profile = _profile_where_only_the_small_one_fits(tmp_path, smollm2, micro_reasoner)
+    env = {**os.environ, "R1LOCAL_HOME": str(tmp_path / "home"), "R1LOCAL_PROFILE": str(profile),
+           "PYTHONUNBUFFERED": "1"}
+    env.pop("R1LOCAL_API_KEY", None)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "r1local", "serve", "--port", "0", "--rpc", w.endpoint,
+         "--keep-alive", "-1", "--allow-paths", str(smollm2.parent),
+         "--allow-paths", str(micro_reasoner.parent)],
+        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        url = next(m.group(1) for line in server.stderr
+                   if (m := re.search(r"serving on (http://127\.0\.0\.1:\d+)", line)))
+        big = {"model": str(smollm2), "prompt": COUNTING, "stream": True,
+               "options": {"temperature": 0, "num_predict": 600}}
+        with httpx.stream("POST", url + "/api/generate", json=big, timeout=120) as r:
+            assert r.status_code == 200, r.read()
+            lines = r.iter_lines()
+            assert json.loads(next(lines))["response"]  # the reply has begun over the worker
+            w.kill()
+            events = [json.loads(x) for x in lines if x.strip()]
+        # the stream ends in an error that names the worker, in one line
+        assert "error" in events[-1] and not events[-1].get("done"), events[-1]
+        error = events[-1]["error"]
+        assert f"lost RPC worker {w.endpoint}" in error and "\n" not in error
+        # while the worker is down: that model is a one-line API error naming it ...
+        once = {**big, "stream": False, "options": {"temperature": 0, "num_predict": 8}}
+        r = httpx.post(url + "/api/generate", json=once, timeout=120)
+        assert r.status_code == 500 and "\n" not in r.json()["error"]
+        assert f"cannot reach RPC worker {w.endpoint}" in r.json()["error"]
+        # ... and the model that fits here answers meanwhile
+        small = {"model": str(micro_reasoner), "stream": False, "options": {"temperature": 0},
+                 "messages": [{"role": "user", "content": "What is 3+4?"}]}
+        r = httpx.post(url + "/api/chat", json=small, timeout=120)
+        assert r.status_code == 200 and r.json()["message"]["content"] == "3 + 4 = **7**.", r.text
+        # the worker back on its port: the next request loads the model over it again
+        workers(port=w.port)
+        r = httpx.post(url + "/api/generate", json=once, timeout=120)
+        assert r.status_code == 200 and r.json()["response"].strip(), r.text
+        assert server.poll() is None
+    finally:
+        server.terminate()
+        try:
+            _, err = server.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            _, err = server.communicate()
+    assert "Traceback" not in err
+
+
+def test_worker_too_small_is_a_one_line_error_with_what_would_fit(workers, smollm2):
+    w = workers("--mem", "40M")
+    line = one_line_error(r1local("run", str(smollm2), "hi", "--rpc", w.endpoint))
+    assert f"RPC worker {w.endpoint} offers 40.0 MiB" in line
+    need = int(re.search(rf"start {w.endpoint}'s worker with --mem (\d+)M or more", line).group(1))
+    assert need > 40
+    # and that much is enough: the same model loads with the worker offering it
+    bigger = workers("--mem", f"{need}M")
+    p = r1local("run", str(smollm2), "Say hi.", "--max-tokens", "4", *GREEDY,
+                "--rpc", bigger.endpoint)
+    assert p.returncode == 0, p.stderr
+
+
+def test_each_worker_holds_what_the_plan_puts_there(workers, smollm2):
+    """The plan's share of each worker against the worker process's own memory: its RSS
+    growth from idle to loaded (psutil). A CPU worker's RSS holds its weights and its KV
+    cache (llama.cpp clears the cache, so every page of it is touched), not the compute
+    buffer it reserves but touches only as far as one batch goes: so the plan's weights +
+    KV for the worker's layers (Part.bytes less the compute it reserves) is compared."""
+    import psutil
+
+    from r1local import rpc_child
+    from r1local.engine import GenerationSettings
+    from r1local.ggufinfo import read_model_header
+    from r1local.planner import kv_cache_bytes
+    from r1local.shapes import shape_from_gguf
+
+    a, b = workers(), workers()
+    idle = {w.endpoint: psutil.Process(w.proc.pid).memory_info().rss for w in (a, b)}
+    engine, plan, _ = rpc_child.open_model(str(smollm2), rpc=[a.endpoint, b.endpoint])
+    try:
+        list(engine.complete("Hello there.", GenerationSettings(max_tokens=4)))
+        shape = shape_from_gguf(read_model_header(smollm2))
+        for w in (a, b):
+            part = next(p for p in engine.rpc_split.parts if p.where == w.endpoint)
+            held = psutil.Process(w.proc.pid).memory_info().rss - idle[w.endpoint]
+            planned = (sum(shape.block_bytes[i] for i in range(part.first, part.last + 1))
+                       + kv_cache_bytes(shape, plan.n_ctx, plan.kv_type, plan.flash_attn,
+                                        part.n_blocks)
+                       + ((shape.embd_bytes if shape.tied else shape.out_bytes) if part.output else 0))
+            assert part.bytes >= planned  # what fits is judged with the compute on top
+            assert abs(held - planned) <= 0.10 * planned, (w.endpoint, held >> 20, planned >> 20)
+    finally:
+        engine.close()
+
+
+def test_a_model_over_workers_answers_like_one_in_process(workers, micro_reasoner):
+    """The child's engine through its parent: the same reasoning and answer as a run without
+    workers, the stats, the token calls, and a cancelled reply leaves the next one intact."""
+    import json
+    import threading
+
+    from r1local import rpc_child
+    from r1local.engine import GenerationSettings
+
+    w = workers()
+    question = "What is 3+4?"
+    alone = r1local("run", str(micro_reasoner), question, "--json", *GREEDY)
+    assert alone.returncode == 0, alone.stderr
+    want = json.loads(alone.stdout)
+    messages = [{"role": "user", "content": question}]
+    s = GenerationSettings(temperature=0, top_k=1, seed=7)
+    remote, plan, _ = rpc_child.open_model(str(micro_reasoner), rpc=[w.endpoint])
+    try:
+        assert f"output on {w.endpoint}" in remote.rpc_split.line() and plan.n_ctx > 0
+        prompt = remote.format_chat(messages)
+        assert prompt.rstrip().endswith("<think>")
+        assert remote.count_tokens(prompt) == len(remote.tokenize(prompt)) > 3
+        cancel = threading.Event()
+        stream = remote.chat(messages, s, cancel=cancel)
+        next(stream)
+        cancel.set()
+        list(stream)
+        assert remote.last_stats.finish_reason == "cancelled"
+        chunks = list(remote.chat(messages, s))
+        thinking = "".join(c.text for c in chunks if c.kind == "thinking")
+        answer = "".join(c.text for c in chunks if c.kind == "answer")
+        assert (thinking, answer) == (want["thinking"], want["answer"])
+        st = remote.last_stats
+        assert st.finish_reason == "stop"
+        assert st.completion_tokens == want["stats"]["completion_tokens"] > 0
+    finally:
+        remote.close()
+    assert remote._proc is None  # the child is gone with close

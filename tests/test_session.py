@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from model_fixtures import cache_dir, rewrite_gguf
+from test_rpc import rpc_build, workers  # noqa: F401  (fixtures: real worker processes)
 from r1local.ggufinfo import read_header
 from r1local.store import Store, StoredModel
 
@@ -77,7 +78,8 @@ def test_a_split_model_gets_one_plan_from_run_show_hw_and_the_server(env, r1_sta
 
     for key in ("R1LOCAL_HOME", "R1LOCAL_PROFILE"):
         monkeypatch.setenv(key, env[key])
-    with BackgroundServer(ServerConfig(port=0)) as srv:
+    # one sequence, as run loads it (--parallel N plans the KV cache of N contexts)
+    with BackgroundServer(ServerConfig(port=0, parallel=1)) as srv:
         r = httpx.post(f"{srv.url}/api/generate", timeout=120, json={
             "model": SPLIT_NAME, "prompt": "hi", "stream": False,
             "options": {"num_predict": 2, "seed": 1}})
@@ -150,3 +152,18 @@ def test_the_listing_and_the_engine_agree_on_reasoning(smollm2, r1_standin, monk
                 "options": {"num_predict": 2, "seed": 1}})
             assert "thinking" in caps["capabilities"], model.name
             assert r.status_code == 200, (model.name, r.text)  # the engine says so too
+
+
+# ---- over RPC workers: show plans what run loads ---------------------------------------------
+
+def test_show_and_run_over_workers_plan_alike(env, workers, smollm2):
+    """`show --rpc` and `run --rpc` both plan the cluster in session (planner.plan_cluster):
+    the same context, the same split, the same memory per device."""
+    w = workers("--mem", "1G")
+    shown = json_of(r1local(env, "show", str(smollm2), "--rpc", w.endpoint, "--json"))["plan"]
+    ran = json_of(r1local(env, "run", str(smollm2), "hi", "--json", "--max-tokens", "2",
+                          "--seed", "1", "--rpc", w.endpoint))["plan"]
+    assert shown["rpc"]["parts"] and shown["rpc"] == ran["rpc"]
+    for key in ("n_ctx", "n_gpu_layers", "ram_bytes", "kv_bytes", "verdict", "experts_on"):
+        assert shown[key] == ran[key], key
+    assert shown["rpc"]["parts"][-1]["where"] == w.endpoint and shown["rpc"]["parts"][-1]["output"]

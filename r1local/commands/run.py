@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from r1local.rpc import add_rpc_argument
 
     add_rpc_argument(load)
+    from r1local.planner import EXPERTS_ON, EXPERTS_ON_HELP
+
+    load.add_argument("--experts-on", choices=EXPERTS_ON, default="auto", help=EXPERTS_ON_HELP)
     load.add_argument("--ram", metavar="SIZE",
                       help="plan as if this machine had only SIZE of RAM (e.g. 8G), to leave "
                       "room for other programs")
@@ -55,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--answer-reserve", type=int, metavar="N",
                      help="tokens kept for the answer: the reasoning is closed when only this "
                      "much room is left (default: an eighth of the context, 64-2048; 0: off)")
+    gen.add_argument("--samples", type=int, metavar="K",
+                     help="answer K times, decoded together, and print the majority answer "
+                     "with its votes (the R1 paper's cons@K; --json: every sample)")
     gen.add_argument("--system", metavar="TEXT", help="system prompt (for R1 it is folded "
                      "into the first message, as DeepSeek advises)")
 
@@ -91,11 +97,21 @@ def run(args: argparse.Namespace) -> int:
         if not prompt.strip():
             raise UsageError("nothing to answer: give a prompt, or pipe text into stdin")
 
-    def load(n_ctx: int | None, force: bool):
-        return session.open_model(model, ctx=n_ctx, gpu_layers=args.gpu_layers,
+    samples = args.samples or 1
+    if samples > 1 and not prompt.strip():
+        raise UsageError("--samples answers one prompt: give the prompt with it")
+    if samples > 1 and workers:
+        raise UsageError("--samples does not work with --rpc yet: drop one of them")
+    parallel = {"parallel": samples} if samples > 1 else {}
+    open_model = session.open_model
+    if workers:  # llama.cpp aborts a process that loses a worker: the model runs in a child
+        from r1local.rpc_child import open_model
+
+    def load(n_ctx: int | None, force: bool, more: dict = parallel):
+        return open_model(model, ctx=n_ctx, gpu_layers=args.gpu_layers,
                                   threads=args.threads, ram_limit=ram_limit, force=force,
                                   on=machine, verbose=args.verbose or None, warn=warn,
-                                  rpc=workers)
+                                  rpc=workers, experts_on=args.experts_on, **more)
 
     engine, plan, stored = load(args.ctx, args.force)
     try:
@@ -104,10 +120,16 @@ def run(args: argparse.Namespace) -> int:
         if prompt.strip():
             if engine.rpc_split is not None:  # where the layers went is worth a line here too
                 print(f"r1local: {engine.rpc_split.line()}", file=sys.stderr)
+            if samples > 1:
+                return _samples_shot(engine, plan, settings, prompt, args)
             return _one_shot(engine, plan, settings, prompt, args)
 
-        def reload(n_ctx: int):  # /set context: a context the user chose, so no refusal
-            return load(n_ctx, True)[0]
+        def reload(n_ctx: int, sequences: int | None = None):
+            # /set context, /set samples: what the user chose, so no refusal
+            if sequences is not None and workers:
+                raise UsageError("samples do not work with --rpc yet")
+            more = {"parallel": sequences} if sequences else parallel
+            return load(n_ctx, True, more)[0]
 
         from r1local.locations import history_file
         from r1local.repl import Repl
@@ -140,6 +162,8 @@ def _web(args: argparse.Namespace, ram_limit: int | None) -> int:
     parser = argparse.ArgumentParser(prog="r1local serve")
     serve.add_arguments(parser)
     flags = ["--model", tag, "--open"]
+    if args.rpc is not None:
+        flags += ["--rpc", args.rpc]
     if args.ctx is not None:
         flags += ["--ctx", str(args.ctx)]
     if args.threads is not None:
@@ -154,6 +178,10 @@ def _check_numbers(args: argparse.Namespace) -> int | None:
     from r1local.planner import check_ctx
 
     check_ctx(args.ctx, "--ctx")
+    from r1local.batching import MAX_PARALLEL
+
+    if args.samples is not None and not 1 <= args.samples <= MAX_PARALLEL:
+        raise UsageError(f"--samples must be 1 to {MAX_PARALLEL}")
     for name in ("threads", "max_tokens"):
         value = getattr(args, name)
         if value is not None and value <= 0:
@@ -274,24 +302,34 @@ def _one_shot(engine, plan, settings, prompt: str, args: argparse.Namespace) -> 
     err_tty = sys.stderr.isatty()
     dim, reset = ("\x1b[2m", "\x1b[0m") if err_tty else ("", "")
     shown_thinking = False
-    for chunk in engine.chat(messages, settings):
-        if chunk.kind == "thinking":
-            thinking.append(chunk.text)
-            if not args.json and not args.hide_thinking:
-                if not shown_thinking:
-                    sys.stderr.write(f"{dim}Thinking…\n")
-                    shown_thinking = True
-                sys.stderr.write(chunk.text)
-                sys.stderr.flush()
-        else:
-            if shown_thinking:
-                sys.stderr.write(f"\n…done thinking.{reset}\n\n")
-                sys.stderr.flush()
-                shown_thinking = False
-            answer.append(chunk.text)
-            if not args.json and settings.grammar is None:  # JSON: printed once it is whole
-                sys.stdout.write(chunk.text)
-                sys.stdout.flush()
+    from r1local.errors import R1LocalError
+
+    try:
+        for chunk in engine.chat(messages, settings):
+            if chunk.kind == "thinking":
+                thinking.append(chunk.text)
+                if not args.json and not args.hide_thinking:
+                    if not shown_thinking:
+                        sys.stderr.write(f"{dim}Thinking…\n")
+                        shown_thinking = True
+                    sys.stderr.write(chunk.text)
+                    sys.stderr.flush()
+            else:
+                if shown_thinking:
+                    sys.stderr.write(f"\n…done thinking.{reset}\n\n")
+                    sys.stderr.flush()
+                    shown_thinking = False
+                answer.append(chunk.text)
+                if not args.json and settings.grammar is None:  # JSON: printed once it is whole
+                    sys.stdout.write(chunk.text)
+                    sys.stdout.flush()
+    except R1LocalError:  # a worker lost mid-reply: the error gets a line of its own
+        if answer and not args.json and settings.grammar is None:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        if shown_thinking:
+            sys.stderr.write(f"{reset}\n")
+        raise
     if shown_thinking:
         sys.stderr.write(f"{reset}\n")
     st = engine.last_stats
@@ -329,3 +367,41 @@ def _one_shot(engine, plan, settings, prompt: str, args: argparse.Namespace) -> 
               f"{st.completion_tokens} tokens at {st.decode_tok_s:.1f} tok/s · first token "
               f"{st.ttft_seconds:.2f} s", file=sys.stderr)
     return 0
+
+
+def _samples_shot(engine, plan, settings, prompt: str, args: argparse.Namespace) -> int:
+    """`--samples K`: K replies decoded together, each one's answer extracted, the majority
+    printed with its votes (`7  (5 of 8 samples)`); a line per sample on stderr."""
+    import json
+    import sys
+
+    from r1local.vote import majority
+
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": prompt}]
+    k = args.samples
+    streams = engine.chat_samples(messages, settings.for_samples(k))
+    if not args.json:
+        print(f"r1local: {k} samples, decoded together", file=sys.stderr)
+    results = []
+    for i, stream in enumerate(streams, 1):
+        parts = {"thinking": [], "answer": []}
+        for chunk in stream:
+            parts[chunk.kind].append(chunk.text)
+        st = stream.stats
+        results.append({"thinking": "".join(parts["thinking"]),
+                        "answer": "".join(parts["answer"]),
+                        "finish_reason": st.finish_reason, "stats": st.as_dict()})
+    vote = majority([r["answer"] for r in results])
+    for i, (r, answer) in enumerate(zip(results, vote.answers), 1):
+        r["extracted"] = answer
+        if not args.json:
+            st = r["stats"]
+            print(f"r1local: sample {i}: {answer or '(no answer)'} · {st['completion_tokens']} "
+                  f"tokens · {r['finish_reason']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"model": engine.name, "vote": vote.as_dict(), "samples": results,
+                          "plan": plan.as_dict()}, ensure_ascii=False))
+    else:
+        print(vote.line())
+    return 0 if vote.votes else 1

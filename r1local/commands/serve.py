@@ -52,6 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CPU threads per model (default: the planner's)")
     parser.add_argument("--open", action="store_true",
                         help="open the web chat (served at /) in your browser once listening")
+    from r1local.rpc import add_rpc_argument
+
+    add_rpc_argument(parser)
+    parser.add_argument("--parallel", type=int, metavar="N",
+                        help="requests each model decodes together, each with its own context "
+                        "(default: up to 4, as many as the memory allows; 1: one at a time)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         n_threads=_at_least("--threads", args.threads, 1) if args.threads is not None else None,
         allow_hosts=tuple(args.allow_host), allow_paths=_folders(args.allow_paths),
         max_body=parse_size(args.max_body),
+        rpc=_workers(args.rpc),
+        parallel=_parallel(args.parallel),
     )
     _at_least("--port", port, 0)
     warning = exposure_warning(config.host, config.api_key)
@@ -106,7 +114,9 @@ async def _serve(config, sock, open_browser: bool = False) -> int:
             slot = await app.state.manager.preload(config.model)
         except ApiError as err:
             raise R1LocalError(f"cannot serve --model {config.model}: {err.message}") from None
-        print(f"r1local: loaded {slot.name} (context {slot.engine.n_ctx})", file=sys.stderr)
+        n = slot.engine.n_parallel
+        print(f"r1local: loaded {slot.name} (context {slot.engine.n_ctx}"
+              + (f", {n} requests decoded together" if n > 1 else "") + ")", file=sys.stderr)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"r1local: serving on http://{shown}:{port} (Ollama API /api/*, OpenAI API /v1/*)"
@@ -217,6 +227,22 @@ def _folders(paths: list[str]) -> tuple[str, ...]:
         if not Path(p).expanduser().is_dir():
             raise UsageError(f"--allow-paths {p}: no such folder")
     return tuple(paths)
+
+
+def _parallel(value: int | None) -> int | None:
+    from r1local.batching import MAX_PARALLEL
+    from r1local.errors import UsageError
+
+    if value is not None and not 1 <= value <= MAX_PARALLEL:
+        raise UsageError(f"--parallel must be 1 to {MAX_PARALLEL}")
+    return value
+
+
+def _workers(value: str | None) -> tuple[str, ...]:
+    """--rpc (else $R1LOCAL_RPC), checked before anything listens."""
+    from r1local.rpc import endpoints_from
+
+    return tuple(endpoints_from(value) or ())
 
 
 def _keep_alive(text: str) -> float:

@@ -37,12 +37,18 @@ class ServerConfig:
     max_loaded: int = DEFAULT_MAX_LOADED
     n_ctx: int | None = None  # override the planner's context for every load
     n_threads: int | None = None  # override the planner's thread count
+    # sequences each chat model decodes together (r1local.batching); None: the planner's
+    # choice for each model (session.choose_parallel)
+    parallel: int | None = None
     # Host names (besides loopback names, IP literals and --host) that may reach the API;
     # "*" turns the DNS-rebinding check off
     allow_hosts: tuple[str, ...] = ()
     # folders whose .gguf files requests may name by path (besides a --model path)
     allow_paths: tuple[str, ...] = ()
     max_body: int = DEFAULT_MAX_BODY  # bytes per request body
+    # RPC workers (host:port) the chat models load over, each model in a child process
+    # (r1local.rpc_child); empty: every model in this process
+    rpc: tuple[str, ...] = ()
 
 
 def parse_duration(value: object) -> float:

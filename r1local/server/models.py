@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from r1local.planner import pad_ctx
 from r1local.server.errors import ApiError, from_r1local, not_found
@@ -55,6 +55,13 @@ class Loaded:
     keep_alive: float = 300.0
     pinned: bool = False  # the --model given at start: never expires
     default_ctx: int = 0  # the context a request without num_ctx gets (<= engine.n_ctx)
+    active: int = 0  # requests generating now (at most the engine's n_parallel)
+    free: asyncio.Semaphore = field(default_factory=asyncio.Semaphore)  # decode slots left
+    idle: asyncio.Event = field(default_factory=asyncio.Event)  # set while none is active
+
+    def __post_init__(self) -> None:
+        self.free = asyncio.Semaphore(max(1, int(getattr(self.engine, "n_parallel", 1) or 1)))
+        self.idle.set()
 
     @property
     def size(self) -> int:
@@ -66,6 +73,27 @@ class Loaded:
     @property
     def vram_bytes(self) -> int:
         return int(getattr(self.plan, "vram_bytes", 0) or 0) if self.plan is not None else 0
+
+
+@dataclass
+class Loading:
+    """A model's load as llama.cpp reports it (the web chat shows it): kept after the load
+    ends, until the next load of the same file replaces it."""
+
+    name: str
+    fractions: list[float] = field(default_factory=list)  # 0..1, at least 1% apart, then 1.0
+    done: bool = False
+    error: str = ""  # why it failed (done and no error: loaded)
+
+    @property
+    def progress(self) -> float:
+        return self.fractions[-1] if self.fractions else 0.0
+
+    def report(self, fraction: float) -> None:
+        """llama.cpp's callback, on the loading thread (a list append is atomic)."""
+        last = self.fractions[-1] if self.fractions else -1.0
+        if fraction > last and (fraction >= 1.0 or fraction - last >= 0.01):
+            self.fractions.append(min(fraction, 1.0))
 
 
 @dataclass
@@ -84,6 +112,8 @@ class Lease:
 
 @dataclass
 class _Queue:
+    # held while a request is admitted (its load, then its wait for a decode slot), so
+    # requests get their slots in arrival order; not held while they generate
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pending: int = 0  # waiting + running
 
@@ -130,31 +160,53 @@ def planned_ctx(model: "ModelFile") -> int:
     return pad_ctx(int(plan.n_ctx))
 
 
-def load_engine(model: "ModelFile", n_ctx: int | None,
-                n_threads: int | None = None) -> tuple["Engine", Any]:
-    """Load with the planner's settings (blocking)."""
+def load_engine(model: "ModelFile", n_ctx: int | None, n_threads: int | None = None,
+                progress: Callable[[float], None] | None = None,
+                rpc: "Sequence[str]" = (),
+                parallel: int | None = 1) -> tuple["Engine", Any]:
+    """Load with the planner's settings (blocking); ``progress``: llama.cpp's fraction.
+    ``rpc``: RPC workers (`serve --rpc`, else $R1LOCAL_RPC). A model that
+    does not fit this machine alone loads over them, in a child process (rpc_child), so that
+    a lost worker fails its requests, not the server, and its next request loads it again;
+    one that fits stays here (a worker serves one process at a time, and the network only
+    slows a model that fits)."""
     from r1local import session
 
-    engine, plan, _ = session.open_model(model, ctx=n_ctx, threads=n_threads)
+    workers = list(rpc)
+    if workers and not session.plan_model(
+            model, session.machine(None, model.path.parent), ctx=n_ctx).fits:
+        from r1local import rpc_child
+
+        engine, plan, _ = rpc_child.open_model(model, rpc=workers, ctx=n_ctx, threads=n_threads,
+                                               progress=progress)
+        return engine, plan
+    if parallel is None:  # serve's default: as many sequences as the memory allows
+        parallel = session.choose_parallel(model, session.machine(None, model.path.parent), n_ctx)
+    engine, plan, _ = session.open_model(model, ctx=n_ctx, threads=n_threads,
+                                         progress=progress, parallel=parallel)
     return engine, plan
 
 
 class ModelManager:
     def __init__(self, *, keep_alive: float = 300.0, max_queue: int = 512, max_loaded: int = 3,
                  n_ctx: int | None = None, n_threads: int | None = None,
-                 names: NamePolicy | None = None) -> None:
+                 names: NamePolicy | None = None, parallel: int | None = 1,
+                 rpc: "Sequence[str]" = ()) -> None:
         self.keep_alive = keep_alive
         self.names = names or NamePolicy()
         self.max_queue = max_queue
         self.max_loaded = max(1, max_loaded)
         self.n_ctx = n_ctx
         self.n_threads = n_threads
+        self.parallel = parallel  # sequences each model decodes together (None: the planner's)
+        self.rpc = tuple(rpc)  # RPC workers for the models that do not fit here
         self.loaded: dict[str, Loaded] = {}
         self._queues: dict[str, _Queue] = {}
         self._sweeper: asyncio.Task | None = None
         # running engine calls: (cancel Event, future done when the worker thread ends)
         self.running: set[tuple[Any, asyncio.Future]] = set()
         self.loads = 0  # engines loaded since start (tests and /api/ps watchers)
+        self.loading: dict[str, Loading] = {}  # by key: the running or the last load
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -206,8 +258,10 @@ class ModelManager:
         res = await self.resolve(name)
         key = key_of(res)
         q = self._queues.setdefault(key, _Queue())
-        if q.pending > self.max_queue:  # one running + max_queue waiting
-            raise ApiError(503, f"server busy: {q.pending - 1} requests already wait for "
+        loaded = self.loaded.get(key)
+        running = max(1, loaded.active if loaded is not None else 0)
+        if q.pending - running >= self.max_queue:  # what runs + max_queue waiting
+            raise ApiError(503, f"server busy: {q.pending - running} requests already wait for "
                            f"'{name}' (--max-queue {self.max_queue}); retry later",
                            code="queue_full")
         q.pending += 1
@@ -221,19 +275,26 @@ class ModelManager:
             slot = self.loaded.get(key)
             load_seconds = 0.0
             if slot is not None and n_ctx and pad_ctx(n_ctx) > slot.engine.n_ctx:
-                await self._close(key)  # a larger num_ctx reloads; a smaller one runs inside
+                await self._close(key)  # a larger num_ctx reloads (once the running end)
                 slot = None
             if slot is None:
                 await self._make_room(key)
                 t1 = time.monotonic()
+                loading = self.loading[key] = Loading(canonical(name))
                 try:
                     default, want_ctx = await asyncio.to_thread(self._load_ctx, res, n_ctx)
                     engine, plan = await asyncio.to_thread(load_engine, res, want_ctx,
-                                                           self.n_threads)
-                except ApiError:
+                                                           self.n_threads, loading.report,
+                                                           self.rpc, self.parallel)
+                except ApiError as err:
+                    loading.error = err.message
                     raise
                 except Exception as err:  # R1LocalError and llama.cpp's own
-                    raise _load_error(err, n_ctx) from None
+                    api = _load_error(err, n_ctx)
+                    loading.error = api.message
+                    raise api from None
+                finally:  # no await until the slot is in self.loaded: watchers see both
+                    loading.done = True
                 load_seconds = time.monotonic() - t1
                 now = time.monotonic()
                 slot = Loaded(key=key, name=canonical(name), model=res,
@@ -243,11 +304,15 @@ class ModelManager:
                 self.loaded[key] = slot
                 self.loads += 1
             slot.expires_at = None  # in use
+            await slot.free.acquire()  # a decode slot: the lock keeps the order
+            slot.active += 1
+            slot.idle.clear()
             return Lease(slot, load_seconds, queued)
         except BaseException:
             q.pending -= 1
-            q.lock.release()
             raise
+        finally:
+            q.lock.release()
 
     def _load_ctx(self, res: "ModelFile", n_ctx: int | None) -> tuple[int | None, int | None]:
         """(the model's default context, the context to load with; None: the planner's).
@@ -281,9 +346,12 @@ class ModelManager:
             slot.expires_at = None
         else:
             slot.expires_at = None if ka < 0 else now + ka
+        slot.active -= 1
+        slot.free.release()
+        if slot.active == 0:
+            slot.idle.set()
         q = self._queues[slot.key]
         q.pending -= 1
-        q.lock.release()
         if slot.expires_at is not None and ka <= 0 and q.pending == 0:
             asyncio.get_running_loop().create_task(self._expire(slot.key))
 
@@ -314,8 +382,12 @@ class ModelManager:
             await self._close(key)
 
     async def _close(self, key: str) -> None:
-        slot = self.loaded.pop(key, None)
-        if slot is not None:
+        slot = self.loaded.get(key)
+        if slot is None:
+            return
+        await slot.idle.wait()  # never close an engine under a running request
+        if self.loaded.get(key) is slot:
+            del self.loaded[key]
             await asyncio.to_thread(slot.engine.close)
 
     async def _make_room(self, key: str) -> None:
