@@ -22,33 +22,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
-PROMPT_TOKENS = 128
 DECODE_TOKENS = 48
 CTX = 1024  # the same small context on both sides: the KV cache is not what is measured
 TARGET = 0.85
 
 
-def prompt_text(engine, n_tokens: int, seed: int) -> str:
-    import random
-
-    rng = random.Random(seed)
-    words = ["the", "model", "runs", "on", "this", "machine", "with", "memory", "and", "time",
-             "reasoning", "answers", "every", "question", "about", "numbers", "quickly"]
-    text = ""
-    while engine.count_tokens(text) < n_tokens - 1:
-        text += rng.choice(words) + " "
-    return text
-
-
-def measure(engine, seed: int, n_gen: int) -> dict[str, float]:
-    from r1local.engine import GenerationSettings
-
-    engine.reset()  # a cold prompt every time
-    settings = GenerationSettings(max_tokens=n_gen, seed=seed, loop_guard=False)
-    list(engine.complete(prompt_text(engine, PROMPT_TOKENS, seed), settings))
-    st = engine.last_stats
-    return {"pp": st.prompt_tok_s, "tg": st.decode_tok_s, "n_gen": st.completion_tokens}
+# one measurement, as bench/generate.py takes it (cold prompt of PROMPT_TOKENS, then decode)
+from generate import PROMPT_TOKENS, r1local_run as measure  # noqa: E402
 
 
 def main() -> int:
