@@ -73,6 +73,7 @@ class RemoteEngine:
         self._conn: Connection | None = None
         self._log: Any = None
         self._closed = False
+        self._cancel_sent = False  # for the reply under way: the child was told to stop
         self._start()
 
     # ---- the child -------------------------------------------------------------------
@@ -122,12 +123,15 @@ class RemoteEngine:
 
     def _recv(self, cancel: threading.Event | None = None) -> tuple:
         """The child's next message; a lost child is raised as WorkerLostError."""
-        asked = False
         try:
-            while not self._conn.poll(POLL_S):
-                if cancel is not None and cancel.is_set() and not asked:
+            # the cancel goes out as soon as it is set, even while chunks are still queued
+            # in the pipe (a slow reader would otherwise let the child finish the reply)
+            while True:
+                if cancel is not None and cancel.is_set() and not self._cancel_sent:
                     self._conn.send(("cancel",))
-                    asked = True
+                    self._cancel_sent = True
+                if self._conn.poll(POLL_S):
+                    break
             msg = self._conn.recv()
         except (EOFError, OSError):
             raise self._lost() from None
@@ -241,6 +245,7 @@ class RemoteEngine:
         try:
             self._ensure()
             self.last_stats = None
+            self._cancel_sent = False
             self._send((op, args, kwargs))
             self._recv()  # ("started",): the prompt was accepted
         except BaseException:

@@ -394,12 +394,17 @@ def test_a_model_over_workers_answers_like_one_in_process(workers, micro_reasone
         prompt = remote.format_chat(messages)
         assert prompt.rstrip().endswith("<think>")
         assert remote.count_tokens(prompt) == len(remote.tokenize(prompt)) > 3
+        # a reply that cannot end on its own for seconds (the grammar wants 300 "x "s), so
+        # the cancel, not the model's end of text, is what stops it
+        long = GenerationSettings(temperature=0, top_k=1, seed=7, grammar='root ::= "x "{300}',
+                                  loop_guard=False)
         cancel = threading.Event()
-        stream = remote.chat(messages, s, cancel=cancel)
+        stream = remote.chat(messages, long, cancel=cancel)
         next(stream)
         cancel.set()
         list(stream)
         assert remote.last_stats.finish_reason == "cancelled"
+        assert remote.last_stats.completion_tokens < 300
         chunks = list(remote.chat(messages, s))
         thinking = "".join(c.text for c in chunks if c.kind == "thinking")
         answer = "".join(c.text for c in chunks if c.kind == "answer")
