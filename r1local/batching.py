@@ -7,11 +7,11 @@ a sequence sees exactly the cells a single-sequence run would, so its numbers, a
 greedy or seeded tokens, are the same as when it runs alone). One thread runs the loop:
 
 - a new reply takes a free slot, keeping the longest prefix cached in that slot or
-  copying another slot's stream that shares more (llama_memory_seq_cp), and evaluates the
-  rest of its prompt one batch per step, so a long prompt never stalls running replies
-  for more than one batch;
-- every step then decodes one token for every running reply in a single llama_decode and
-  samples each at its own row, through its own rules (r1local.reply);
+  copying another slot's stream that shares more (llama_memory_seq_cp);
+- every step is one llama_decode: one token for every running reply, each sampled at its
+  own row through its own rules (r1local.reply), and in the room the batch has left the
+  next piece of the oldest prompt still being read, so a long prompt joins without
+  stalling the running replies for more than a batch, and without a pass of its own;
 - a group of replies on one prompt (`--samples K`, OpenAI's `n`) evaluates it once: the
   others copy the first one's stream and sample from the same logits;
 - a finished or cancelled reply leaves between steps; its slot keeps its tokens as cache.
@@ -133,7 +133,8 @@ class Scheduler:
         self._stop = False
         self._forget = False
         self._thread: threading.Thread | None = None
-        self.steps = 0  # llama_decode calls for decode steps (tests and benches)
+        self.steps = 0  # llama_decode calls that advanced running replies (tests and benches)
+        self.mixed = 0  # of those, the ones that also read a piece of a prompt
 
     # ---- the callers' side -------------------------------------------------------------
 
@@ -249,33 +250,54 @@ class Scheduler:
         job.reply.stats.prompt_eval_tokens = len(job.todo)
 
     def _step(self) -> None:
-        """One prompt batch of the oldest reply still reading its prompt, then one token for
-        every running reply."""
+        """One llama_decode: a token for every running reply and, in the same batch, the
+        next piece of the oldest prompt still being read (what room the batch has left)."""
         for job in list(self._jobs):
             if job.stream.cancel.is_set():
                 job.reply.cancelled()
                 self._finish(job)
         reading = next((j for j in self._jobs if j.todo), None)
-        if reading is not None:
-            self._read_prompt(reading)
         running = [j for j in self._jobs if j.feed and not j.done]
         alone = [j for j in running if len(j.feed) > 1]  # the thinking close: its own batch
         together = [j for j in running if len(j.feed) == 1]
         for job in alone:
-            self._decode([job])
-        if together:
-            self._decode(together)
+            self._decode([job], None)
+        if reading is not None and self.n_batch - len(together) < 1:
+            self._decode([], reading)  # no room beside the running replies: alone
+            reading = None
+        if together or reading is not None:
+            self._decode(together, reading)
         self._jobs = [j for j in self._jobs if not j.done]
 
-    def _read_prompt(self, job: _Job) -> None:
-        chunk, job.todo = job.todo[:self.n_batch], job.todo[self.n_batch:]
+    def _decode(self, jobs: list[_Job], reading: _Job | None) -> None:
+        """``jobs``' next tokens and a piece of ``reading``'s prompt, in one llama_decode."""
+        entries = [(job.slot, job.feed, True) for job in jobs]
+        rows = []
+        n = 0
+        for job in jobs:
+            n += len(job.feed)
+            rows.append(n - 1)  # each job's logits: its last token's row
+        chunk: list[int] = []
+        if reading is not None:
+            room = self.n_batch - n
+            chunk, reading.todo = reading.todo[:room], reading.todo[room:]
+            entries.append((reading.slot, chunk, not reading.todo))
         t0 = time.perf_counter()
-        self._fill([(job.slot, chunk, not job.todo)])
+        self._fill(entries)
         self._run_batch()
-        job.reply.stats.prompt_seconds += time.perf_counter() - t0
-        if job.todo:
-            return
-        idx = len(chunk) - 1  # the prompt's last row holds the logits every member samples
+        if jobs:
+            self.steps += 1
+            self.mixed += reading is not None
+        for job, idx in zip(jobs, rows):
+            self._advance(job, idx)
+        if reading is not None:
+            reading.reply.stats.prompt_seconds += time.perf_counter() - t0
+            if not reading.todo:
+                self._prompt_read(reading, n + len(chunk) - 1)
+
+    def _prompt_read(self, job: _Job, idx: int) -> None:
+        """``job``'s prompt is in its stream, with its last token's logits at row ``idx``:
+        every member of its group samples its first token from there."""
         members = [job, *(f for f in job.followers if not f.done)]
         job.followers = []
         for follower in members[1:]:  # the same prompt: copy the stream, skip the work
@@ -286,18 +308,6 @@ class Scheduler:
             follower.reply.stats.prompt_seconds = job.reply.stats.prompt_seconds
         for member in members:
             self._advance(member, idx)
-
-    def _decode(self, jobs: list[_Job]) -> None:
-        rows = []
-        n = 0
-        for job in jobs:
-            n += len(job.feed)
-            rows.append(n - 1)  # each job's logits: its last token's row
-        self._fill([(job.slot, job.feed, True) for job in jobs])
-        self._run_batch()
-        self.steps += 1
-        for job, idx in zip(jobs, rows):
-            self._advance(job, idx)
 
     def _fill(self, entries: list[tuple[_Slot, list[int], bool]]) -> None:
         """The batch: each slot's tokens at its next positions, logits on its last token

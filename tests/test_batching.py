@@ -86,6 +86,37 @@ def test_greedy_replies_to_different_prompts_joining_at_different_times(smol_alo
     assert [results[i] for i in range(3)] == alone
 
 
+def test_a_long_prompt_is_read_inside_the_decode_steps_of_running_replies(smol_alone,
+                                                                          smol_batched):
+    """With a batch of 24 tokens, a prompt of ~90 joins in pieces that share each step's
+    llama_decode with the running replies' tokens; nobody's text changes."""
+    sched = smol_batched._scheduler
+    greedy = GenerationSettings(temperature=0.0, max_tokens=40)
+    long = [{"role": "user", "content": "Here is a list of animals: cat, dog, horse, cow, "
+             "sheep, goat, pig, duck, goose, hen, rabbit, mouse, rat, fox, wolf, bear, deer, "
+             "moose, otter, seal. Which of them can fly?"}]
+    short = [{"role": "user", "content": "Say hi to Bob."}]
+    alone = [text(smol_alone.chat(p, greedy)) for p in (short, long)]
+    assert smol_alone.last_stats.prompt_tokens > 3 * 24
+    old_batch, sched.n_batch = sched.n_batch, 24
+    try:
+        sched.forget()
+        mixed = sched.mixed
+        first = smol_batched.chat(short, greedy)
+        head = next(first).text  # decoding when the long prompt arrives
+        second = smol_batched.chat(long, greedy)
+        got = [head + text(first), text(second)]
+    finally:
+        sched.n_batch = old_batch
+    assert got == alone
+    # every piece of the long prompt went beside the first reply's token (23 rows left in
+    # each batch of 24), none in a llama_decode of its own, while the first kept decoding
+    pieces = -(-second.stats.prompt_eval_tokens // 23)
+    assert second.stats.prompt_eval_tokens > 2 * 23  # (the chat template's head was copied)
+    assert first.stats.completion_tokens > pieces + 2  # it was running all along
+    assert sched.mixed - mixed == pieces
+
+
 def test_cancelling_one_sequence_leaves_the_others_running(smol_alone, smol_batched):
     settings = [GenerationSettings(temperature=0.9, seed=s, max_tokens=30) for s in (1, 2, 3)]
     alone = [text(smol_alone.chat(POEM, s)) for s in settings]
