@@ -69,7 +69,10 @@ def build_tool(target: str) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     for lib in (build / "bin").glob("lib*"):  # common, mtmd, bench-impl: not in the wheel
         if not lib.name.startswith(("libllama.", "libggml")):
-            shutil.copy2(lib, out_dir, follow_symlinks=False)
+            dst = out_dir / lib.name
+            if dst.is_symlink() or dst.exists():  # a second tool: the first one copied it
+                dst.unlink()
+            shutil.copy2(lib, dst, follow_symlinks=False)
     partial = out.with_name(out.name + ".partial")
     shutil.copy2(build / "bin" / target, partial)
     os.replace(partial, out)  # complete or absent: never a half-copied program

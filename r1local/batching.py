@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from r1local import compute
 from r1local.errors import R1LocalError
 
 if TYPE_CHECKING:
@@ -330,7 +331,7 @@ class Scheduler:
     def _run_batch(self) -> None:
         import llama_cpp
 
-        rc = llama_cpp.llama_decode(self.ctx.ctx, self._batch)
+        rc = compute.run(llama_cpp.llama_decode, self.ctx.ctx, self._batch)
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}")
 

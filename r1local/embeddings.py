@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from r1local import compute
 from r1local.errors import ContextFullError, ModelFileError, R1LocalError, UsageError
 
 if TYPE_CHECKING:
@@ -249,7 +250,7 @@ class Embedder:
                 n += 1
         b.n_tokens = n
         llm._ctx.kv_cache_clear()  # no sequence may see an earlier batch's
-        rc = llama_cpp.llama_decode(llm._ctx.ctx, b)
+        rc = compute.run(llama_cpp.llama_decode, llm._ctx.ctx, b)
         self.decodes += 1
         if rc != 0:
             raise R1LocalError(f"llama.cpp failed to embed a batch of {n} tokens "

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from r1local import compute
 from r1local.errors import ContextFullError, ModelFileError, R1LocalError, UsageError
 from r1local.reasoning import (
     BUDGET_CLOSE, THINK_OPEN, Chunk, ThinkSplitter,
@@ -267,7 +268,7 @@ class Engine:
         pos = llm.n_tokens
         b.token[0] = token
         b.pos[0] = pos
-        rc = llama_cpp.llama_decode(llm._ctx.ctx, b)
+        rc = compute.run(llama_cpp.llama_decode, llm._ctx.ctx, b)
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}")
         llm.input_ids[pos] = token
@@ -504,7 +505,7 @@ class Engine:
                 if cancel is not None and cancel.is_set():
                     reply.cancelled()
                     return
-                llm.eval(rest[i:i + self.n_batch])
+                compute.run(llm.eval, rest[i:i + self.n_batch])
             stats.prompt_seconds = time.perf_counter() - t0
             while True:
                 if cancel is not None and cancel.is_set():
@@ -518,7 +519,7 @@ class Engine:
                 if len(feed) == 1:
                     self._decode_one(feed[0])
                 else:
-                    llm.eval(feed)
+                    compute.run(llm.eval, feed)
             yield from reply.finish()
         except GeneratorExit:
             reply.cancelled()
