@@ -128,7 +128,7 @@ async def _respond(request: Request, name: str, gen: streaming.Generation, start
         yield _line({"model": name, "created_at": describe.now_iso(), **piece("", ""),
                      **_final_fields(gen, out, started)})
 
-    return StreamingResponse(lines(), media_type=NDJSON)
+    return StreamingResponse(streaming.joined(lines(), gen), media_type=NDJSON)
 
 
 def _line(obj: dict) -> bytes:

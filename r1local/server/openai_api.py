@@ -133,7 +133,7 @@ async def chat_completions(request: Request) -> Any:
                 usage_head if include_usage else None):
             yield event
 
-    return StreamingResponse(events(), media_type="text/event-stream",
+    return StreamingResponse(streaming.joined(events(), gen), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache"})
 
 
@@ -217,7 +217,7 @@ async def _choices(gen: Any, req: ChatCompletionRequest, cid: str, created: int,
                             "usage": _usage(out)})
         yield b"data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream",
+    return StreamingResponse(streaming.joined(events(), gen), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache"})
 
 
@@ -288,7 +288,7 @@ async def completions(request: Request) -> Any:
                                        usage_head if include_usage else None):
             yield event
 
-    return StreamingResponse(events(), media_type="text/event-stream",
+    return StreamingResponse(streaming.joined(events(), gen), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache"})
 
 

@@ -9,6 +9,7 @@ disconnects sets the cancel Event, which the engine checks between tokens.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import threading
 import time
@@ -52,6 +53,9 @@ class Generation:
         self._error: ApiError | None = None
         self._stats: "Stats | None" = None
         self._chunks = chunks
+        self._pending: collections.deque = collections.deque()
+        self._wake_lock = threading.Lock()
+        self._woken = False
         self.done = self._loop.run_in_executor(None, self._work)
         entry = (cancel, self.done)
         manager.running.add(entry)
@@ -59,10 +63,10 @@ class Generation:
         self.done.add_done_callback(lambda _f: manager.release(lease, keep_alive))
 
     def _work(self) -> None:
-        put = self._queue.put_nowait
+        put = self._post
         try:
             for chunk in self._chunks:
-                self._loop.call_soon_threadsafe(put, chunk)
+                put(chunk)
         except Exception as err:  # llama.cpp failing mid-stream: report it, do not hang
             self._error = err if isinstance(err, ApiError) else from_r1local(err)
         finally:
@@ -75,7 +79,27 @@ class Generation:
                 # the operator sees that a client's Stop (or a dropped connection) took hold
                 log.info("cancelled a reply from %s after %d tokens (the client stopped "
                          "or went away)", self.lease.slot.name, self._stats.completion_tokens)
-            self._loop.call_soon_threadsafe(put, _END)
+            put(_END)
+
+    def _post(self, item: object) -> None:
+        """Hand ``item`` to the loop. Items wait in a deque; the loop is woken once per
+        burst (a wake-up already on its way takes the later items too), not once per token."""
+        self._pending.append(item)
+        with self._wake_lock:
+            if self._woken:
+                return
+            self._woken = True
+        self._loop.call_soon_threadsafe(self._move)
+
+    def _move(self) -> None:  # on the loop
+        with self._wake_lock:
+            self._woken = False
+        while self._pending:
+            self._queue.put_nowait(self._pending.popleft())
+
+    def ready(self) -> bool:
+        """A chunk (or the end) is already here: reading it will not wait."""
+        return not self._queue.empty()
 
     async def chunks(self) -> AsyncIterator["Chunk"]:
         """The chunks as they come; when the consumer stops early, generation is cancelled."""
@@ -106,6 +130,19 @@ class Generation:
         if out.error is not None:
             raise out.error
         return out
+
+
+async def joined(events: AsyncIterator[bytes], gen: Generation) -> AsyncIterator[bytes]:
+    """``events`` written in as few pieces as the reply allows: what is ready at once (the
+    loop fell behind the tokens) goes out in one write; nothing is held while waiting."""
+    held: list[bytes] = []
+    async for event in events:
+        held.append(event)
+        if not gen.ready():
+            yield b"".join(held)
+            held = []
+    if held:
+        yield b"".join(held)
 
 
 async def watch_disconnect(request: "Request", cancel: threading.Event) -> None:
