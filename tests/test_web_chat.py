@@ -279,6 +279,13 @@ def test_ask_reasoning_collapses_answer_renders_and_reload_keeps_it(tab, opened)
         "rgb(255, 255, 255)"  # the light palette, as this browser's system theme is light
     choose(page, "micro")
     settings(page, Temperature="0")
+    # Shift+Enter is a new line in the box, not a send
+    box = page.get_by_label("Message", exact=True)
+    box.fill("first line")
+    box.press("Shift+Enter")
+    box.press_sequentially("second")
+    expect(box).to_have_value("first line\nsecond")
+    expect(page.locator(".message.user")).to_have_count(0)
     watch_thinking(page)
     # hold the question in the browser a moment: the page says the model is loading
     held = []
