@@ -5,11 +5,13 @@ on the same model (SmolLM2-135M-Instruct Q4_1) and settings (context per sequenc
 batch), through the same endpoint they all offer: POST /v1/chat/completions, `stream: true`.
 
     .venv/bin/python bench/serve_load.py [--clients 1,4,16] [--requests-per-client 4]
-                                         [--max-tokens 32] [--parallel 4,16]
+                                         [--max-tokens 32] [--parallel 4,16] [--rounds 1]
 
 Each server runs once per --parallel level (r1local --parallel N against llama-server -np N;
 r1local --parallel 1 is the serialised engine of before; llama_cpp.server serialises too)
-and takes each --clients level in turn.
+and takes each --clients level in turn. With --rounds R the whole sequence of servers runs R
+times, one round after another, and each row is the round with the median aggregate: these
+machines are noisy, and the servers then share the noise.
 
 Needs llama-cpp-python's server extras (sse-starlette, starlette-context, pydantic-settings).
 llama_cpp.server is run with --interrupt_requests False: by default a new request cuts off
@@ -207,7 +209,8 @@ def _row(run: Run, requests: int, clients: int) -> dict:
 
 
 def _table(rows: list[dict], args, threads: int, model: Path) -> str:
-    head = (f"Serving load: {args.requests_per_client} requests per client of max "
+    head = (f"Serving load{f' (median of {args.rounds} rounds)' if args.rounds > 1 else ''}: "
+            f"{args.requests_per_client} requests per client of max "
             f"{args.max_tokens} tokens, {model.name}, context {N_CTX} per sequence, {threads} "
             "threads, POST /v1/chat/completions (stream)\n\n")
     lines = ["| server | clients | ok / lost | p50 latency s | p95 latency s | p50 TTFT s "
@@ -252,6 +255,7 @@ def main() -> int:
     ap.add_argument("--parallel", default="4,16", help="r1local --parallel / llama-server -np")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--only", choices=["r1local", "llama_cpp", "llama-server"], default=None)
+    ap.add_argument("--rounds", type=int, default=1, help="runs of every server; the median is kept")
     args = ap.parse_args()
 
     import model_fixtures
@@ -262,21 +266,29 @@ def main() -> int:
     for n in _levels(args.parallel):
         servers += [("r1local", n, f"r1local --parallel {n}"),
                     ("llama-server", n, f"llama-server -np {n}")]
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for round_ in range(args.rounds):
+        for kind, n, label in servers:
+            if args.only and args.only != kind:
+                continue
+            proc, url, name = _start(kind, model, threads, n)
+            try:
+                for clients in _levels(args.clients):
+                    requests = clients * args.requests_per_client
+                    run = asyncio.run(_load(label, url, name, clients, requests,
+                                            args.max_tokens))
+                    row = _row(run, requests, clients)
+                    runs.setdefault((label, clients), []).append(row)
+                    print(f"round {round_ + 1}: {label}, {clients} clients: {row['ok']}/"
+                          f"{requests} ok in {run.wall:.1f} s, {row['tok_s']:.1f} tok/s",
+                          file=sys.stderr, flush=True)
+            finally:
+                _stop(proc)
     rows = []
-    for kind, n, label in servers:
-        if args.only and args.only != kind:
-            continue
-        proc, url, name = _start(kind, model, threads, n)
-        try:
-            for clients in _levels(args.clients):
-                requests = clients * args.requests_per_client
-                run = asyncio.run(_load(label, url, name, clients, requests, args.max_tokens))
-                rows.append(_row(run, requests, clients))
-                print(f"{label}, {clients} clients: {rows[-1]['ok']}/{requests} ok in "
-                      f"{run.wall:.1f} s, {rows[-1]['tok_s']:.1f} tok/s", file=sys.stderr,
-                      flush=True)
-        finally:
-            _stop(proc)
+    for tries in runs.values():  # the median round of each row (the lower one of two)
+        mid = statistics.median_low([r["tok_s"] for r in tries])
+        rows.append(next(r for r in tries if r["tok_s"] == mid))
+        rows[-1]["lost"] = max(r["lost"] for r in tries)
     table = _table(rows, args, threads, model)
     print(table)
     out = ROOT / "bench" / "results" / "serve_load.md"

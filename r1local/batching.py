@@ -3,15 +3,20 @@
 On a CPU decoding is bound by memory bandwidth, so one pass over the weights can advance
 several sequences for little more than the cost of one. The Scheduler owns a context
 made for ``n_slots`` sequences, each in its own KV stream (llama.cpp's non-unified cache:
-a sequence sees exactly the cells a single-sequence run would, so its numbers, and its
-greedy or seeded tokens, are the same as when it runs alone). One thread runs the loop:
+a sequence sees exactly the cells a single-sequence run would). Its numbers are then the
+ones it gets alone, but for the last bits when a piece of a prompt shares a llama_decode
+with other sequences' tokens (measured on the 1 GiB F16 model: up to 0.03 in a logit), so
+greedy and seeded replies repeat their text, not always their bits, under load. A cached
+or copied prefix measured bit-identical to evaluating it again, so every reply keeps one,
+seeded or not (llama-server does the same). One thread runs the loop:
 
 - a new reply takes a free slot, keeping the longest prefix cached in that slot or
   copying another slot's stream that shares more (llama_memory_seq_cp);
 - every step is one llama_decode: one token for every running reply, each sampled at its
   own row through its own rules (r1local.reply), and in the room the batch has left the
-  next piece of the oldest prompt still being read, so a long prompt joins without
-  stalling the running replies for more than a batch, and without a pass of its own;
+  next pieces of the prompts still being read (oldest first), so a long prompt joins
+  without stalling the running replies for more than a batch, and without a pass of its
+  own, and requests that arrive together are read together;
 - a group of replies on one prompt (`--samples K`, OpenAI's `n`) evaluates it once: the
   others copy the first one's stream and sample from the same logits;
 - a finished or cancelled reply leaves between steps; its slot keeps its tokens as cache.
@@ -90,7 +95,6 @@ class _Slot:
 class _Job:
     reply: "Reply"
     stream: Stream
-    reuse: bool  # may keep a cached prefix (unseeded replies only, as in the engine)
     slot: _Slot | None = None
     todo: list[int] = field(default_factory=list)  # prompt tokens still to evaluate
     feed: list[int] = field(default_factory=list)  # tokens to decode next
@@ -134,18 +138,19 @@ class Scheduler:
         self._stop = False
         self._forget = False
         self._thread: threading.Thread | None = None
-        self.steps = 0  # llama_decode calls that advanced running replies (tests and benches)
+        self.decodes = 0  # llama_decode calls (tests and benches)
+        self.steps = 0  # of those, the ones that advanced running replies
         self.mixed = 0  # of those, the ones that also read a piece of a prompt
 
     # ---- the callers' side -------------------------------------------------------------
 
-    def submit(self, replies: Sequence["Reply"], cancels: Sequence[threading.Event | None],
-               *, reuse: bool) -> list[Stream]:
+    def submit(self, replies: Sequence["Reply"],
+               cancels: Sequence[threading.Event | None]) -> list[Stream]:
         """Queue replies; more than one must share one prompt (they evaluate it once)."""
         if len(replies) > self.n_slots:
             raise R1LocalError(f"{len(replies)} sequences at once, but the model was loaded "
                                f"for {self.n_slots}; load it with --parallel {len(replies)}")
-        jobs = [_Job(r, Stream(r, c), reuse) for r, c in zip(replies, cancels)]
+        jobs = [_Job(r, Stream(r, c)) for r, c in zip(replies, cancels)]
         with self._cv:
             if self._stop:
                 raise R1LocalError("the model was closed")
@@ -225,26 +230,30 @@ class Scheduler:
             self._jobs.extend(group)
 
     def _free_slot(self, prompt: Sequence[int]) -> _Slot:
-        free = [s for s in self._slots if s.job is None]
-        return max(free, key=lambda s: (_common(s.tokens, prompt), -s.last_used))
+        """The free slot whose cache loses least to ``prompt`` (its tokens past the common
+        prefix), then the one sharing most, then the least recently used: a new chat goes
+        to an empty slot and copies the shared head, rather than overwrite another chat."""
+        def key(s: _Slot) -> tuple[int, int, float]:
+            common = _common(s.tokens, prompt)
+            return (common - len(s.tokens), common, -s.last_used)
+
+        return max((s for s in self._slots if s.job is None), key=key)
 
     def _place(self, job: _Job) -> None:
         """A slot for ``job``, keeping the longest cached prefix of its prompt: its own
         slot's, or a copy of another stream's that shares more."""
         prompt = job.reply.prompt
-        slot = job.slot = self._free_slot(prompt if job.reuse else ())
+        slot = job.slot = self._free_slot(prompt)
         slot.job = job
-        keep = 0
-        if job.reuse:
-            limit = len(prompt) - 1  # evaluate at least one token: its logits start the reply
-            keep = min(_common(slot.tokens, prompt), limit)
-            donor = max(self._slots, key=lambda s: _common(s.tokens, prompt))
-            share = min(_common(donor.tokens, prompt), limit)
-            if donor is not slot and share > keep:
-                self._rm(slot.seq, 0)
-                self._cp(donor.seq, slot.seq)
-                slot.tokens = list(donor.tokens)
-                keep = share
+        limit = len(prompt) - 1  # evaluate at least one token: its logits start the reply
+        keep = min(_common(slot.tokens, prompt), limit)
+        donor = max(self._slots, key=lambda s: _common(s.tokens, prompt))
+        share = min(_common(donor.tokens, prompt), limit)
+        if donor is not slot and share > keep:
+            self._rm(slot.seq, 0)
+            self._cp(donor.seq, slot.seq)
+            slot.tokens = list(donor.tokens)
+            keep = share
         self._rm(slot.seq, keep)
         slot.tokens = slot.tokens[:keep]
         job.todo = list(prompt[keep:])
@@ -252,49 +261,58 @@ class Scheduler:
 
     def _step(self) -> None:
         """One llama_decode: a token for every running reply and, in the same batch, the
-        next piece of the oldest prompt still being read (what room the batch has left)."""
+        next pieces of the prompts still being read, oldest first (what room is left)."""
         for job in list(self._jobs):
             if job.stream.cancel.is_set():
                 job.reply.cancelled()
                 self._finish(job)
-        reading = next((j for j in self._jobs if j.todo), None)
+        reading = [j for j in self._jobs if j.todo]
         running = [j for j in self._jobs if j.feed and not j.done]
         alone = [j for j in running if len(j.feed) > 1]  # the thinking close: its own batch
         together = [j for j in running if len(j.feed) == 1]
         for job in alone:
-            self._decode([job], None)
-        if reading is not None and self.n_batch - len(together) < 1:
+            self._decode([job], [])
+        if reading and self.n_batch - len(together) < 1:
             self._decode([], reading)  # no room beside the running replies: alone
-            reading = None
-        if together or reading is not None:
+            reading = []
+        if together or reading:
             self._decode(together, reading)
         self._jobs = [j for j in self._jobs if not j.done]
 
-    def _decode(self, jobs: list[_Job], reading: _Job | None) -> None:
-        """``jobs``' next tokens and a piece of ``reading``'s prompt, in one llama_decode."""
+    def _decode(self, jobs: list[_Job], reading: list[_Job]) -> None:
+        """``jobs``' next tokens and pieces of ``reading``'s prompts, in one llama_decode."""
         entries = [(job.slot, job.feed, True) for job in jobs]
         rows = []
         n = 0
         for job in jobs:
             n += len(job.feed)
             rows.append(n - 1)  # each job's logits: its last token's row
-        chunk: list[int] = []
-        if reading is not None:
+        read: list[tuple[_Job, int]] = []  # the prompts that end in this batch, at their row
+        pieces = 0
+        for job in reading:
             room = self.n_batch - n
-            chunk, reading.todo = reading.todo[:room], reading.todo[room:]
-            entries.append((reading.slot, chunk, not reading.todo))
+            if room < 1:
+                break
+            chunk, job.todo = job.todo[:room], job.todo[room:]
+            entries.append((job.slot, chunk, not job.todo))
+            n += len(chunk)
+            pieces += 1
+            if not job.todo:
+                read.append((job, n - 1))
         t0 = time.perf_counter()
         self._fill(entries)
         self._run_batch()
+        self.decodes += 1
         if jobs:
             self.steps += 1
-            self.mixed += reading is not None
+            self.mixed += pieces > 0
         for job, idx in zip(jobs, rows):
             self._advance(job, idx)
-        if reading is not None:
-            reading.reply.stats.prompt_seconds += time.perf_counter() - t0
-            if not reading.todo:
-                self._prompt_read(reading, n + len(chunk) - 1)
+        spent = time.perf_counter() - t0
+        for job in reading[:pieces]:
+            job.reply.stats.prompt_seconds += spent
+        for job, idx in read:
+            self._prompt_read(job, idx)
 
     def _prompt_read(self, job: _Job, idx: int) -> None:
         """``job``'s prompt is in its stream, with its last token's logits at row ``idx``:

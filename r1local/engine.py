@@ -411,7 +411,7 @@ class Engine:
             return self._run(tokens, s, cancel, splitter, grammar)
         reply = self._reply(tokens, s, splitter, grammar, self.n_ctx)
         self.last_stats = reply.stats
-        return self._scheduler.submit([reply], [cancel], reuse=s.seed is None)[0]
+        return self._scheduler.submit([reply], [cancel])[0]
 
     def chat_samples(self, messages: list[dict], settings: Sequence[GenerationSettings], *,
                      cancel: threading.Event | None = None, tools: Sequence[dict] | None = None,
@@ -438,10 +438,9 @@ class Engine:
                        if s.grammar is not None else None)
             replies.append(self._reply(tokens, s, splitter(), grammar, self.n_ctx))
         if len({tuple(r.prompt) for r in replies}) > 1:  # different budgets: no shared prompt
-            return [sched.submit([r], [cancel], reuse=s.seed is None)[0]
+            return [sched.submit([r], [cancel])[0]
                     for r, s in zip(replies, settings)]
-        return sched.submit(replies, [cancel] * len(replies),
-                            reuse=all(s.seed is None for s in settings))
+        return sched.submit(replies, [cancel] * len(replies))
 
     def _grammar(self, text: str, *, after_reasoning: bool) -> Any:
         """A checked LlamaGrammar: llama.cpp's parser must accept the text here, since

@@ -147,6 +147,40 @@ def test_a_later_reply_keeps_the_cached_prefix_of_an_earlier_one(smol_batched):
     assert 0 < second.stats.prompt_eval_tokens <= new
 
 
+def test_prompts_that_arrive_together_are_read_in_one_decode(smol_alone, smol_batched):
+    sched = smol_batched._scheduler
+    prompts = [[{"role": "user", "content": q}] for q in
+               ("Name three fruits.", "What is the capital of Italy?", "Say hi to Bob.")]
+    greedy = GenerationSettings(temperature=0.0, max_tokens=12)
+    alone = [text(smol_alone.chat(p, greedy)) for p in prompts]
+    sched.forget()  # every prompt is read whole: nothing cached to keep
+    decodes = sched.decodes
+    with sched._cv:  # the loop waits until all three are queued
+        streams = [smol_batched.chat(p, greedy) for p in prompts]
+    assert [text(s) for s in streams] == alone
+    assert all(s.stats.prompt_eval_tokens == s.stats.prompt_tokens for s in streams)
+    # one decode read the three prompts (each reply's first token came from it), then one
+    # per further token of the longest reply; read one by one it would take two more
+    longest = max(s.stats.completion_tokens for s in streams)
+    assert sched.decodes - decodes == longest
+
+
+def test_a_seeded_reply_keeps_a_cached_prefix_and_its_text(smol_alone, smol_batched):
+    seeded = GenerationSettings(temperature=0.9, seed=5, max_tokens=16)
+    alone = text(smol_alone.chat(POEM, seeded))
+    sched = smol_batched._scheduler
+    sched.forget()
+    first = smol_batched.chat(POEM, seeded)
+    assert text(first) == alone
+    assert first.stats.prompt_eval_tokens == first.stats.prompt_tokens
+    text(smol_batched.chat([{"role": "user", "content": "Write a short poem about rain."}],
+                           GenerationSettings(temperature=0.0, max_tokens=4)))
+    again = smol_batched.chat(POEM, seeded)
+    assert text(again) == alone  # the same seed, the same reply ...
+    # ... from the cached prompt: only its last token evaluated again
+    assert again.stats.prompt_eval_tokens == 1
+
+
 @pytest.fixture(scope="module")
 def micro_batched(micro_reasoner):
     with Engine.load(micro_reasoner, n_ctx=512, n_threads=2, n_parallel=3) as engine:
