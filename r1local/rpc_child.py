@@ -107,6 +107,11 @@ class RemoteEngine:
     def _alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def lost(self) -> bool:
+        """Its child ended without being asked (a worker lost): the next call opens it again."""
+        return not self._closed and not self._alive()
+
     def _ensure(self) -> None:
         """A child to talk to: the model opened again after its child was lost."""
         if self._closed:

@@ -187,3 +187,56 @@ def test_plan_rpc_keeps_experts_here_and_fills_the_worker(tiny_moe):
     auto = plan_rpc(shape, tight, [("w:1", there)])
     assert auto.cpu_tensors and auto.fits and auto.parts[1].bytes == there
     assert not plan_rpc(shape, tight, [("w:1", there)], experts_on="gpu").fits
+
+
+def test_serve_experts_on_cpu_keeps_them_here_for_a_model_over_a_worker(workers, tiny_moe,
+                                                                       tmp_path):
+    """`serve --rpc W --experts-on cpu`: a MoE model that does not fit here alone loads over
+    the worker with its routed experts in this machine's RAM, the server's log says the
+    split, and the reply is the all-local run's."""
+    import os
+
+    import httpx
+
+    from r1local import session
+
+    w = workers()
+    prompt = "The quick brown fox"
+    alone = r1local("run", str(tiny_moe), prompt, "--max-tokens", "24", "--json", *GREEDY)
+    assert alone.returncode == 0, alone.stderr
+    model = session.locate(str(tiny_moe))
+    cores = os.cpu_count() or 1
+    ram = max(m for m in range(16, 4096, 8)  # the most RAM in which it does not fit alone
+              if not session.plan_model(model, hypothetical(ram=m * MiB, cores=cores)).fits)
+    profile = tmp_path / "machine.toml"
+    profile.write_text(f'ram = "{ram}M"\ncores = {cores}\n')
+    env = {**os.environ, "R1LOCAL_HOME": str(tmp_path / "home"), "R1LOCAL_PROFILE": str(profile),
+           "PYTHONUNBUFFERED": "1"}
+    env.pop("R1LOCAL_API_KEY", None)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "r1local", "serve", "--port", "0", "--rpc", w.endpoint,
+         "--experts-on", "cpu", "--allow-paths", str(tiny_moe.parent)],
+        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        url = next(m.group(1) for line in server.stderr
+                   if (m := re.search(r"serving on (http://127\.0\.0\.1:\d+)", line)))
+        body = {"model": str(tiny_moe), "stream": False,
+                "messages": [{"role": "user", "content": prompt}],
+                "options": {"temperature": 0, "top_k": 1, "seed": 7, "num_predict": 24}}
+        r = httpx.post(url + "/api/chat", json=body, timeout=120)
+        assert r.status_code == 200, r.text
+        got = r.json()["message"]
+    finally:
+        server.terminate()
+        try:
+            _, err = server.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            _, err = server.communicate()
+    assert "Traceback" not in err
+    loaded = [x for x in err.splitlines() if x.startswith("r1local: loaded ") and tiny_moe.name in x]
+    assert len(loaded) == 1 and f"on {w.endpoint}" in loaded[0], err
+    assert loaded[0].endswith("routed experts local CPU"), loaded[0]
+    local = json.loads(alone.stdout)
+    assert (got.get("thinking", ""), got["content"]) == (local["thinking"], local["answer"])

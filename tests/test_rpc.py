@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -301,6 +302,13 @@ def test_serve_survives_a_lost_worker_and_loads_the_model_again(workers, tmp_pat
         assert "error" in events[-1] and not events[-1].get("done"), events[-1]
         error = events[-1]["error"]
         assert f"lost RPC worker {w.endpoint}" in error and "\n" not in error
+        # it is no longer listed as loaded
+        for _ in range(50):
+            listed = [m["model"] for m in httpx.get(url + "/api/ps", timeout=10).json()["models"]]
+            if str(smollm2) not in listed:
+                break
+            time.sleep(0.1)
+        assert str(smollm2) not in listed, listed
         # while the worker is down: that model is a one-line API error naming it ...
         once = {**big, "stream": False, "options": {"temperature": 0, "num_predict": 8}}
         r = httpx.post(url + "/api/generate", json=once, timeout=120)

@@ -55,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from r1local.rpc import add_rpc_argument
 
     add_rpc_argument(parser)
+    from r1local.planner import EXPERTS_ON, EXPERTS_ON_HELP
+
+    parser.add_argument("--experts-on", choices=EXPERTS_ON, default="auto", help=EXPERTS_ON_HELP)
     parser.add_argument("--parallel", type=int, metavar="N",
                         help="requests each model decodes together, each with its own context "
                         "(default: up to 4, as many as the memory allows; 1: one at a time)")
@@ -78,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         max_body=parse_size(args.max_body),
         rpc=_workers(args.rpc),
         parallel=_parallel(args.parallel),
+        experts_on=args.experts_on,
     )
     _at_least("--port", port, 0)
     warning = exposure_warning(config.host, config.api_key)
@@ -114,9 +118,9 @@ async def _serve(config, sock, open_browser: bool = False) -> int:
             slot = await app.state.manager.preload(config.model)
         except ApiError as err:
             raise R1LocalError(f"cannot serve --model {config.model}: {err.message}") from None
-        n = slot.engine.n_parallel
-        print(f"r1local: loaded {slot.name} (context {slot.engine.n_ctx}"
-              + (f", {n} requests decoded together" if n > 1 else "") + ")", file=sys.stderr)
+        from r1local.server.models import loaded_line
+
+        print(f"r1local: {loaded_line(slot)}", file=sys.stderr)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"r1local: serving on http://{shown}:{port} (Ollama API /api/*, OpenAI API /v1/*)"

@@ -26,7 +26,8 @@ def create_app(config: ServerConfig | None = None, manager: ModelManager | None 
                                       max_loaded=config.max_loaded, n_ctx=config.n_ctx,
                                       n_threads=config.n_threads,
                                       names=NamePolicy.from_config(config),
-                                      parallel=config.parallel, rpc=config.rpc)
+                                      parallel=config.parallel, rpc=config.rpc,
+                                      experts_on=config.experts_on)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -49,6 +49,8 @@ class ServerConfig:
     # RPC workers (host:port) the chat models load over, each model in a child process
     # (r1local.rpc_child); empty: every model in this process
     rpc: tuple[str, ...] = ()
+    # where a MoE model's routed experts go (`--experts-on`: auto, cpu, gpu), for every load
+    experts_on: str = "auto"
 
 
 def parse_duration(value: object) -> float:

@@ -20,11 +20,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from r1local.planner import pad_ctx
+
+log = logging.getLogger("r1local.server")  # `r1local serve` prints it on stderr
 from r1local.server.errors import ApiError, from_r1local, not_found
 from r1local.server.names import NamePolicy, canonical, shown
 
@@ -118,6 +121,17 @@ class _Queue:
     pending: int = 0  # waiting + running
 
 
+def loaded_line(slot: Loaded) -> str:
+    """What the operator is told when a model loads: its context, its parallel sequences and,
+    over RPC workers, where its layers went."""
+    engine = slot.engine
+    n = engine.n_parallel
+    split = getattr(engine, "rpc_split", None)
+    return (f"loaded {slot.name} (context {engine.n_ctx}"
+            + (f", {n} requests decoded together" if n > 1 else "") + ")"
+            + (f": {split.line()}" if split is not None else ""))
+
+
 def resolve_name(name: str) -> "ModelFile":
     """A model name -> file on disk (blocking: call from a worker thread). The server
     checks a request's names with its NamePolicy first; `serve --model` comes here as given."""
@@ -163,27 +177,29 @@ def planned_ctx(model: "ModelFile") -> int:
 def load_engine(model: "ModelFile", n_ctx: int | None, n_threads: int | None = None,
                 progress: Callable[[float], None] | None = None,
                 rpc: "Sequence[str]" = (),
-                parallel: int | None = 1) -> tuple["Engine", Any]:
+                parallel: int | None = 1, experts_on: str = "auto") -> tuple["Engine", Any]:
     """Load with the planner's settings (blocking); ``progress``: llama.cpp's fraction.
     ``rpc``: RPC workers (`serve --rpc`, else $R1LOCAL_RPC). A model that
     does not fit this machine alone loads over them, in a child process (rpc_child), so that
     a lost worker fails its requests, not the server, and its next request loads it again;
     one that fits stays here (a worker serves one process at a time, and the network only
-    slows a model that fits)."""
+    slows a model that fits). ``experts_on``: where a MoE model's routed experts go."""
     from r1local import session
 
     workers = list(rpc)
     if workers and not session.plan_model(
-            model, session.machine(None, model.path.parent), ctx=n_ctx).fits:
+            model, session.machine(None, model.path.parent), ctx=n_ctx,
+            experts_on=experts_on).fits:
         from r1local import rpc_child
 
         engine, plan, _ = rpc_child.open_model(model, rpc=workers, ctx=n_ctx, threads=n_threads,
-                                               progress=progress)
+                                               progress=progress, experts_on=experts_on)
         return engine, plan
     if parallel is None:  # serve's default: as many sequences as the memory allows
         parallel = session.choose_parallel(model, session.machine(None, model.path.parent), n_ctx)
     engine, plan, _ = session.open_model(model, ctx=n_ctx, threads=n_threads,
-                                         progress=progress, parallel=parallel)
+                                         progress=progress, parallel=parallel,
+                                         experts_on=experts_on)
     return engine, plan
 
 
@@ -191,7 +207,7 @@ class ModelManager:
     def __init__(self, *, keep_alive: float = 300.0, max_queue: int = 512, max_loaded: int = 3,
                  n_ctx: int | None = None, n_threads: int | None = None,
                  names: NamePolicy | None = None, parallel: int | None = 1,
-                 rpc: "Sequence[str]" = ()) -> None:
+                 rpc: "Sequence[str]" = (), experts_on: str = "auto") -> None:
         self.keep_alive = keep_alive
         self.names = names or NamePolicy()
         self.max_queue = max_queue
@@ -200,6 +216,7 @@ class ModelManager:
         self.n_threads = n_threads
         self.parallel = parallel  # sequences each model decodes together (None: the planner's)
         self.rpc = tuple(rpc)  # RPC workers for the models that do not fit here
+        self.experts_on = experts_on  # where MoE models' routed experts go (`--experts-on`)
         self.loaded: dict[str, Loaded] = {}
         self._queues: dict[str, _Queue] = {}
         self._sweeper: asyncio.Task | None = None
@@ -285,7 +302,8 @@ class ModelManager:
                     default, want_ctx = await asyncio.to_thread(self._load_ctx, res, n_ctx)
                     engine, plan = await asyncio.to_thread(load_engine, res, want_ctx,
                                                            self.n_threads, loading.report,
-                                                           self.rpc, self.parallel)
+                                                           self.rpc, self.parallel,
+                                                           self.experts_on)
                 except ApiError as err:
                     loading.error = err.message
                     raise
@@ -303,6 +321,7 @@ class ModelManager:
                               default_ctx=min(default or engine.n_ctx, engine.n_ctx))
                 self.loaded[key] = slot
                 self.loads += 1
+                log.info("%s", loaded_line(slot))
             slot.expires_at = None  # in use
             await slot.free.acquire()  # a decode slot: the lock keeps the order
             slot.active += 1
@@ -352,7 +371,11 @@ class ModelManager:
             slot.idle.set()
         q = self._queues[slot.key]
         q.pending -= 1
-        if slot.expires_at is not None and ka <= 0 and q.pending == 0:
+        if getattr(slot.engine, "lost", False) and not slot.pinned:
+            # over RPC workers, and one was lost: not loaded any more (/api/ps), and the
+            # next request loads it the usual way, its progress and its errors with it
+            asyncio.get_running_loop().create_task(self._close(slot.key))
+        elif slot.expires_at is not None and ka <= 0 and q.pending == 0:
             asyncio.get_running_loop().create_task(self._expire(slot.key))
 
     # ---- unloading ---------------------------------------------------------------------
