@@ -241,7 +241,7 @@ def main() -> int:
                          "ok" if ok else f"failed: {last[:80]}", cpu))
             print(f"{label}: {sec:.1f} s ({cpu:.0f} CPU s), {size / 1e6 / sec:.0f} MB/s "
                   f"({size / 1e9 / sec:.3f} GB/s), peak RSS {peak / 2**20:.0f} MiB, "
-                  f"peak disk {disk / 1e9:.2f} GB, {rows[-1][-1]}", flush=True)
+                  f"peak disk {disk / 1e9:.2f} GB, {rows[-1][6]}", flush=True)
             shutil.rmtree(outs, ignore_errors=True)
             outs.mkdir()
     finally:

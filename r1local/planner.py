@@ -31,7 +31,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from r1local.shapes import EXPERT_TENSORS, ModelShape, shape_from_gguf, shape_from_variant
+from r1local.shapes import (EXPERT_TENSORS, ModelShape, experts_of_blocks, shape_from_gguf,
+                            shape_from_variant)
 from r1local.units import fmt_bytes
 
 if TYPE_CHECKING:
@@ -125,10 +126,13 @@ class Plan:
     rss_bytes: int = 0      # predicted resident set: ram_bytes + reclaimable mapped pages
     ram_budget: int = 0
     vram_budget: int = 0
-    # MoE: where the routed experts are ("cpu": in RAM for every layer, "gpu": with their
-    # layer); "" for a dense model. cpu_tensors: the tensor-name patterns llama.cpp is told
-    # to keep in host RAM (tensor_buft_overrides)
+    # MoE: where the routed experts are ("cpu": in RAM, "gpu": with their layer); "" for a
+    # dense model. experts_in_ram: with "cpu", the blocks 0..n-1 whose experts are in RAM
+    # (all of them, or fewer where the VRAM the rest leaves takes the last blocks' too).
+    # cpu_tensors: the tensor-name patterns llama.cpp is told to keep in host RAM
+    # (tensor_buft_overrides)
     experts_on: str = ""
+    experts_in_ram: int = 0
     experts_bytes: int = 0
     vram_weights_bytes: int = 0
     cpu_tensors: tuple[str, ...] = ()
@@ -162,7 +166,11 @@ class Plan:
     @property
     def placement(self) -> str:
         """The fit verdict in words, as every command shows it."""
-        experts = ", experts in RAM" if self.experts_on == "cpu" and self.n_gpu_layers else ""
+        experts = ""
+        if self.experts_on == "cpu" and self.n_gpu_layers:
+            n = self.experts_in_ram
+            experts = (", experts in RAM" if n >= self.n_layers else
+                       f", experts of layer{'s 0-' + str(n - 1) if n > 1 else ' 0'} in RAM")
         if self.rpc is not None and self.fits:
             n = sum(1 for p in self.rpc.parts if p.n_blocks or p.output)
             return f"split over {n} device{'s' if n > 1 else ''}" + (
@@ -266,10 +274,11 @@ def gpu_blocks(n_layers: int, n_gpu: int) -> int:
 
 
 def _split(shape: ModelShape, n_gpu: int, n_ctx: int, kv_type: str, flash: bool,
-           n_gpus: int, unified: bool, experts_cpu: bool = False) -> _Split:
+           n_gpus: int, unified: bool, experts_cpu: bool = False,
+           kept_below: int | None = None) -> _Split:
     """Memory on each side for llama.cpp's n_gpu_layers = ``n_gpu``: the output matrix and
     the last n_gpu - 1 blocks on the GPU(s). ``experts_cpu``: those blocks' routed experts
-    stay in RAM."""
+    stay in RAM (only those of the blocks below ``kept_below``, when given)."""
     L = shape.n_layers
     g = max(0, min(n_gpu, L + 1))
     on_gpu = gpu_blocks(L, g)
@@ -278,7 +287,8 @@ def _split(shape: ModelShape, n_gpu: int, n_ctx: int, kv_type: str, flash: bool,
     w_cpu = sum(shape.block_bytes[i] for i in cpu_idx)
     w_gpu = sum(shape.block_bytes[i] for i in gpu_idx)
     repack = sum(shape.block_repack[i] for i in cpu_idx)
-    kept = sum(shape.experts(i) for i in gpu_idx) if experts_cpu else 0
+    below = L if kept_below is None else kept_below
+    kept = sum(shape.experts(i) for i in gpu_idx if i < below) if experts_cpu else 0
     w_gpu -= kept
     w_cpu += kept
     out_on_gpu = g > 0
@@ -338,7 +348,8 @@ def _fits(s: _Split, ram_b: int, vram_b: int, unified: bool) -> bool:
 
 
 def _speed(shape: ModelShape, machine: "Machine", n_gpu: int, n_ctx: int, kv_type: str,
-           flash: bool, experts_cpu: bool = False) -> tuple[float, float]:
+           flash: bool, experts_cpu: bool = False,
+           kept_below: int | None = None) -> tuple[float, float]:
     """Decode tokens/s as a range: each token reads the active weights once, and the KV
     cache filled so far (none at the start, half the context on average later), plus a
     fixed cost per layer run (wholly or in part: its experts) on the CPU."""
@@ -347,7 +358,9 @@ def _speed(shape: ModelShape, machine: "Machine", n_gpu: int, n_ctx: int, kv_typ
     out = shape.embd_bytes if shape.tied else shape.out_bytes
     out_gpu = n_gpu > 0
     # the experts a token reads in a GPU block whose experts stay in RAM
-    kept = [int(shape.experts(i) * shape.experts_used) if experts_cpu else 0 for i in range(L)]
+    below = L if kept_below is None else kept_below
+    kept = [int(shape.experts(i) * shape.experts_used) if experts_cpu and i < below else 0
+            for i in range(L)]
     cpu_w = (sum(shape.block_active[: L - on_gpu]) + sum(kept[L - on_gpu:])
              + (0 if out_gpu else out))
     gpu_w = (sum(shape.block_active[L - on_gpu:]) - sum(kept[L - on_gpu:])
@@ -391,23 +404,26 @@ def plan_shape(shape: ModelShape, machine: "Machine", *, n_ctx: int | None = Non
     if experts_on not in EXPERTS_ON:
         raise UsageError(f"unknown --experts-on '{experts_on}' (use {', '.join(EXPERTS_ON)})")
     check_ctx(n_ctx)
-    def one(experts_cpu: bool) -> Plan:
-        return _plan_one(shape, machine, n_ctx, n_gpu_layers, kv_type, experts_cpu)
+    def one(experts_cpu: bool, leftover: bool = False) -> Plan:
+        return _plan_one(shape, machine, n_ctx, n_gpu_layers, kv_type, experts_cpu, leftover)
 
     if not shape.is_moe or experts_on != "auto":
         return one(shape.is_moe and experts_on == "cpu")
     along = one(False)
     if along.fits and (along.verdict == "gpu" or not machine.usable_gpus):
         return along
-    kept = one(True)
+    kept = one(True, leftover=True)
     if kept.fits and (not along.fits or kept.tok_s_typical > along.tok_s_typical):
         return kept
     return along
 
 
 def _plan_one(shape: ModelShape, machine: "Machine", n_ctx: int | None,
-              n_gpu_layers: int | None, kv_type: str, experts_cpu: bool) -> Plan:
-    """plan_shape with the experts' place decided."""
+              n_gpu_layers: int | None, kv_type: str, experts_cpu: bool,
+              leftover: bool = False) -> Plan:
+    """plan_shape with the experts' place decided. ``leftover`` (with ``experts_cpu``):
+    when every block's rest is on the GPU and VRAM is left, the last blocks' experts go
+    there too, as many as it takes (llama.cpp's --n-cpu-moe N, N chosen)."""
     # flash attention: no KQ score matrix (its size grows with the context), and llama.cpp
     # needs it for a quantized V cache; every backend r1local builds supports it
     flash = True
@@ -468,7 +484,19 @@ def _plan_one(shape: ModelShape, machine: "Machine", n_ctx: int | None,
     if shape.is_moe:
         moe = {"experts_on": "cpu" if experts_cpu else "gpu",
                "experts_bytes": sum(shape.block_experts),
+               "experts_in_ram": L if experts_cpu else 0,
                "cpu_tensors": (EXPERT_TENSORS,) if experts_cpu else ()}
+    below = None  # the blocks whose experts stay in RAM: all of them, unless VRAM is left
+    if chosen is not None and experts_cpu and leftover and chosen[1] > L:
+        ctx_, g_, _ = chosen
+        for n in range(0, L):  # the fewest blocks kept in RAM that still fit
+            trial = _split(shape, g_, ctx_, kv_type, flash, n_gpus, unified, True, n)
+            if _fits(trial, ram_b, vram_b, unified):
+                if any(shape.experts(i) for i in range(n, L)):
+                    chosen, below = (ctx_, g_, trial), n
+                    moe.update(experts_in_ram=n, experts_on="cpu" if n else "gpu",
+                               cpu_tensors=(experts_of_blocks(range(n)),) if n else ())
+                break
     if chosen is None:
         s = _split(shape, 0 if not machine.usable_gpus else (
             n_gpu_layers if n_gpu_layers is not None else L + 1), ctx, kv_type, flash, n_gpus,
@@ -504,9 +532,11 @@ def _plan_one(shape: ModelShape, machine: "Machine", n_ctx: int | None,
         reason = (f"{gpu_blocks(L, g)} of {L} layers on GPU ({fmt_bytes(s.vram)} of "
                   f"{fmt_bytes(vram_b)} VRAM), {rest} in RAM ({fmt_bytes(s.ram)})")
     if verdict == "gpu" and s.experts:
-        reason = (f"all {L} layers on GPU but their routed experts; {fmt_bytes(s.vram)} of "
+        which = "their" if below is None else (
+            "layer 0's" if below == 1 else f"layers 0-{below - 1}'s")
+        reason = (f"all {L} layers on GPU but {which} routed experts; {fmt_bytes(s.vram)} of "
                   f"{fmt_bytes(vram_b)} VRAM, {fmt_bytes(s.ram)} RAM")
-    low, high = _speed(shape, machine, g, ctx, kv_type, flash, experts_cpu)
+    low, high = _speed(shape, machine, g, ctx, kv_type, flash, experts_cpu, below)
     return Plan(
         model=shape.model, quant=shape.quant, arch=shape.arch, n_layers=L, n_gpu_layers=g,
         n_ctx=ctx, n_threads=n_threads, n_batch=N_BATCH, n_ubatch=N_UBATCH, flash_attn=flash,
@@ -559,6 +589,7 @@ class Part:
     output: bool
     bytes: int
     budget: int
+    compute: int = 0  # of bytes, the compute buffers reserved (a CPU touches only a batch's)
 
     @property
     def n_blocks(self) -> int:
@@ -571,7 +602,10 @@ class Part:
             span = f"layer {self.first}" if self.n_blocks == 1 else f"layers {self.first}-{self.last}"
             span += " + output" if self.output else ""
         where = self.where if self.where.startswith("local") else f"on {self.where}"
-        size = f" ({fmt_bytes(self.bytes)})" if not self.where.startswith("local") else ""
+        size = ""
+        if not self.where.startswith("local"):  # what it holds, then what it keeps free to compute in
+            size = f" ({fmt_bytes(self.bytes - self.compute)}" + (
+                f" + {fmt_bytes(self.compute)} compute)" if self.compute else ")")
         return f"{span} {where}{size}"
 
 
@@ -602,8 +636,14 @@ def _worker_bytes(shape: ModelShape, blocks: range, output: bool, n_ctx: int, kv
     if output:
         w += shape.embd_bytes if shape.tied else shape.out_bytes
     kv = kv_cache_bytes(shape, n_ctx, kv_type, flash, len(blocks))
-    act = compute_bytes(shape, n_ctx, flash, with_logits=output) + RPC_COMPUTE_EXTRA
-    return w + kv + (act if len(blocks) or output else 0)
+    return w + kv + _worker_compute(shape, len(blocks), output, n_ctx, flash)
+
+
+def _worker_compute(shape: ModelShape, n_blocks: int, output: bool, n_ctx: int, flash: bool) -> int:
+    """The compute buffers a worker reserves for its part (none for no part)."""
+    if not n_blocks and not output:
+        return 0
+    return compute_bytes(shape, n_ctx, flash, with_logits=output) + RPC_COMPUTE_EXTRA
 
 
 def _proportional(cpu_blocks: int, budgets: list[int]) -> list[int]:
@@ -735,7 +775,8 @@ def _plan_rpc(shape: ModelShape, plan: Plan, workers: "list[tuple[str, int]]",
             output = j == len(counts) - 1 and not local_gpus
             used = _worker_bytes(shape, blocks, output, plan.n_ctx, plan.kv_type,
                                  plan.flash_attn, experts_local)
-            parts.append(Part(name, start, start + n - 1, output, used, offer))
+            parts.append(Part(name, start, start + n - 1, output, used, offer,
+                              _worker_compute(shape, n, output, plan.n_ctx, plan.flash_attn)))
             if used > offer and fits:
                 fits, reason = False, (f"RPC worker {name} offers {fmt_bytes(offer)}, its "
                                        f"{n} layers need {fmt_bytes(used)}")
@@ -805,4 +846,5 @@ def plan_cluster(shape: ModelShape, machine: "Machine", workers: "list[tuple[str
         ram_bytes=split.parts[0].bytes,
         reason=split.line() if fits else split.reason if not split.fits else whole.reason,
         tok_s_low=whole.tok_s_low if fits else 0.0, tok_s_high=whole.tok_s_high if fits else 0.0,
-        experts_on="cpu" if kept else whole.experts_on, cpu_tensors=split.cpu_tensors)
+        experts_on="cpu" if kept else whole.experts_on, cpu_tensors=split.cpu_tensors,
+        experts_in_ram=shape.n_layers if kept else whole.experts_in_ram)

@@ -172,10 +172,12 @@ class RemoteEngine:
             why = _unreachable(ep)
             if why:
                 port = ep.rpartition(":")[2]
+                fix = (f"check that machine and the network to it (a pulled cable looks like this)"
+                       if why.startswith("did not answer") else
+                       f"start `r1local worker --port {port}` there again")
                 return WorkerLostError(
                     f"lost RPC worker {ep} while running {self.path.name}: {why}",
-                    hint=f"start `r1local worker --port {port}` there again; the model loads "
-                    "again on the next prompt or request")
+                    hint=f"{fix}; the model loads again on the next prompt or request")
         said = _last_line(self._log)
         code = proc.returncode
         how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
@@ -384,8 +386,10 @@ def _unreachable(endpoint: str) -> str:
         return ""
     except RpcError as err:
         why = err.message
-    prefix = f"cannot reach RPC worker {endpoint}: "
-    return why[len(prefix):].lower() if why.startswith(prefix) else why
+    for prefix in (f"cannot reach RPC worker {endpoint}: ", f"RPC worker {endpoint} "):
+        if why.startswith(prefix):
+            return why[len(prefix):].lower()
+    return why
 
 
 def _last_line(log: Any) -> str:
@@ -433,7 +437,7 @@ def _serve(conn: Connection) -> None:
     """Open the model, then answer calls until told to close (or the parent is gone)."""
     import queue
 
-    from r1local import session
+    from r1local import rpc_liveness, session
 
     inbox: queue.Queue = queue.Queue()
     cancel = threading.Event()
@@ -463,8 +467,12 @@ def _serve(conn: Connection) -> None:
                 model = session.locate(kw.pop("path"))
                 if kw.pop("progress"):
                     kw["progress"] = lambda f: send(("progress", f))
+                endpoints = kw.pop("endpoints")
+                # a worker behind a pulled cable ends its connection (and so this process)
+                # instead of leaving the reply waiting for ever
+                rpc_liveness.watch(rpc_liveness.to_workers(endpoints))
                 engine, plan, _ = session.open_model(
-                    model, rpc=kw.pop("endpoints"), warn=lambda t: send(("warn", t)), **kw)
+                    model, rpc=endpoints, warn=lambda t: send(("warn", t)), **kw)
                 info = {name: getattr(engine, name, None) for name in ENGINE_FIELDS}
                 send(("ok", {**info, "plan": plan}))
             elif op == "close":

@@ -35,6 +35,11 @@ REPACKED_TYPES = frozenset({"Q4_0", "Q4_K", "IQ4_NL"})
 EXPERT_TENSORS = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
 _EXPERT_RE = re.compile(EXPERT_TENSORS)
 
+
+def experts_of_blocks(blocks: range) -> str:
+    """EXPERT_TENSORS for these blocks only (as --n-cpu-moe N keeps blocks 0..N-1's)."""
+    return r"^blk\.(" + "|".join(str(i) for i in blocks) + r")" + EXPERT_TENSORS
+
 # Bits per weight of what a publisher's dynamic MoE quant keeps outside the routed experts
 # (attention, shared expert, the dense layers, embeddings): unsloth's "UD-" quants of R1
 # leave those "in 4 or 6bit" (unsloth.ai/blog/deepseekr1-dynamic) and take the routed

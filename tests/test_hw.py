@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -82,14 +83,21 @@ def test_671b_on_a_24_gb_gpu_and_192_gb_ram_keeps_the_experts_in_ram(tmp_path):
     iq1 = rows["UD-IQ1_S"]
     assert iq1["verdict"] == "gpu" and iq1["n_gpu_layers"] == 62 and iq1["experts_on"] == "cpu"
     assert iq1["vram_bytes"] < 24 << 30 < iq1["ram_bytes"] < 192 << 30
-    assert iq1["placement"] == "all on GPU, experts in RAM"
+    # the VRAM left after every layer's rest takes the last layers' experts
+    n = iq1["experts_in_ram"]
+    assert 50 < n < 61 and iq1["placement"] == f"all on GPU, experts of layers 0-{n - 1} in RAM"
+    kept = json.loads(hw(*flags, "--experts-on", "cpu", "--json", env_home=tmp_path).stdout)
+    iq1_kept = next(r for r in kept["plans"] if r["tag"] == "671b" and r["quant"] == "UD-IQ1_S")
+    assert iq1_kept["placement"] == "all on GPU, experts in RAM"
+    assert iq1_kept["tok_s_high"] < iq1["tok_s_high"]
     assert not rows["Q4_K_M"]["fits"]  # 377 GiB: more than the whole machine
     along = json.loads(hw(*flags, "--experts-on", "gpu", "--json", env_home=tmp_path).stdout)
     iq1_along = next(r for r in along["plans"] if r["tag"] == "671b" and r["quant"] == "UD-IQ1_S")
     assert iq1_along["verdict"] == "partial" and iq1_along["n_gpu_layers"] < 20
     assert iq1_along["tok_s_high"] < iq1["tok_s_high"] and iq1_along["tok_s_low"] < iq1["tok_s_low"]
     text = hw(*flags, env_home=tmp_path, columns=200).stdout
-    assert "experts in RAM" in text and "Recommended: 671b:" in text
+    assert re.search(r"experts of layers 0-\d+ in RAM|layers 0-\d+'s routed experts", text), text
+    assert "Recommended: 671b:" in text
     narrow = hw(*flags, env_home=tmp_path, columns=80).stdout
     assert "GPU+exp RAM" in narrow
 

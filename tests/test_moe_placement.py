@@ -145,6 +145,37 @@ def test_without_the_override_the_experts_go_with_their_layer(workers, tiny_moe)
     assert "overridden" not in log
 
 
+def test_vram_left_over_takes_the_last_blocks_experts_as_planned(workers, tiny_moe):
+    """A GPU (the worker stands in) with room for every block's rest and for one MoE
+    block's experts: the planner keeps only block 1's experts in RAM, and llama.cpp, given
+    the plan's pattern, overrides exactly those and puts on the device what the plan says."""
+    from r1local.planner import _split
+
+    h = read_model_header(tiny_moe)
+    shape = shape_from_gguf(h)
+    L = shape.n_layers
+    assert L == 3 and shape.experts(0) == 0 and shape.experts(1) and shape.experts(2)
+    # VRAM the planner may use: between what keeping block 1's experts and keeping none needs
+    one_kept = _split(shape, L + 1, 512, "f16", True, 1, False, True, 2).vram
+    none_kept = _split(shape, L + 1, 512, "f16", True, 1, False, True, 1).vram
+    assert one_kept < none_kept
+    box = hypothetical(8 * G, (one_kept + none_kept) // 2 + 400 * MiB)
+    plan = plan_gguf(h, box, n_ctx=512)
+    assert plan.fits and plan.verdict == "gpu" and plan.experts_on == "cpu"
+    assert plan.experts_in_ram == 2  # blocks 0 (dense: none) and 1
+    forced = plan_gguf(h, box, n_ctx=512, experts_on="cpu")
+    assert forced.experts_in_ram == L and forced.vram_bytes < plan.vram_bytes
+
+    w = workers()
+    log = load_log(tiny_moe, w.endpoint, plan.n_gpu_layers, plan.n_ctx, plan.cpu_tensors)
+    moved = re.findall(r"tensor (\S+) \(.*\) buffer type overridden to CPU", log)
+    assert sorted(moved) == sorted(t.name for t in h.tensors
+                                   if EXPERT_NAME.search(t.name) and t.name.startswith("blk.1."))
+    got = _parse(log)
+    assert got["model RPC0"] == pytest.approx(mib(plan.vram_weights_bytes), abs=0.01)
+    assert got["model RPC0"] > mib(forced.vram_weights_bytes)
+
+
 # ---- llama.cpp's n_gpu_layers rule, against the planner ------------------------------------
 
 @pytest.mark.parametrize("n_gpu", [1, 5, 31])

@@ -216,22 +216,25 @@ def test_671b_on_24_gb_keeps_the_experts_in_ram_and_every_layer_on_the_gpu(catal
     from r1local.shapes import shape_from_variant
 
     v = catalog.resolve("671b").variant
-    auto = plan_variant(v, "UD-IQ1_S", BIG_MOE_BOX)
-    assert auto.fits and auto.experts_on == "cpu" and auto.cpu_tensors
-    assert auto.verdict == "gpu" and auto.layers_on_gpu == 61 and auto.n_ctx >= USEFUL_CTX
-    _within(auto, BIG_MOE_BOX)
+    kept = plan_variant(v, "UD-IQ1_S", BIG_MOE_BOX, experts_on="cpu")
+    assert kept.fits and kept.experts_on == "cpu" and kept.cpu_tensors
+    assert kept.verdict == "gpu" and kept.layers_on_gpu == 61 and kept.n_ctx >= USEFUL_CTX
+    _within(kept, BIG_MOE_BOX)
     shape = shape_from_variant(v, "UD-IQ1_S")
     experts = sum(shape.block_experts)
-    assert auto.experts_bytes == experts
+    assert kept.experts_bytes == experts and kept.experts_in_ram == 61
     # the GPU holds everything but the routed experts and the input embedding
-    assert auto.vram_weights_bytes == shape.weights_bytes - experts - shape.embd_bytes
-    assert auto.ram_bytes > experts
+    assert kept.vram_weights_bytes == shape.weights_bytes - experts - shape.embd_bytes
+    assert kept.ram_bytes > experts
     along = plan_variant(v, "UD-IQ1_S", BIG_MOE_BOX, experts_on="gpu")
     assert along.experts_on == "gpu" and not along.cpu_tensors
     assert along.verdict == "partial" and along.layers_on_gpu < 15
-    assert auto.tok_s_low > along.tok_s_low and auto.tok_s_high > along.tok_s_high
-    # forced: the same as the planner's pick here
-    assert plan_variant(v, "UD-IQ1_S", BIG_MOE_BOX, experts_on="cpu") == auto
+    assert kept.tok_s_low > along.tok_s_low and kept.tok_s_high > along.tok_s_high
+    # the planner's pick: the same, but the VRAM left takes the last few layers' experts
+    auto = plan_variant(v, "UD-IQ1_S", BIG_MOE_BOX)
+    assert auto.layers_on_gpu == 61 and auto.n_ctx == kept.n_ctx
+    assert 50 < auto.experts_in_ram < 61 and auto.tok_s_high > kept.tok_s_high
+    _within(auto, BIG_MOE_BOX)
 
 
 def test_experts_stay_with_their_layers_when_the_whole_model_fits_the_gpus(catalog):
@@ -289,3 +292,36 @@ def test_plan_rpc_moves_blocks_off_a_worker_its_fixed_costs_overfill(catalog):
     assert split.fits, split.reason
     assert all(p.bytes <= p.budget for p in split.parts)
     assert split.parts[1].output and split.parts[1].n_blocks >= 1
+
+
+def test_vram_left_over_takes_the_last_layers_experts(catalog):
+    """An 80 GB GPU holds every layer's rest with room to spare: the experts of the last
+    layers go there too (llama.cpp's --n-cpu-moe N, N the fewest that fit), the rest stay
+    in RAM, and the pattern llama.cpp is given names exactly layers 0..N-1's experts."""
+    import re
+
+    from r1local.planner import _fits, _split, ram_budget as rb, vram_budget as vb
+    from r1local.shapes import shape_from_variant
+
+    v = catalog.resolve("671b").variant
+    box = hypothetical(256 * G, 80 * G, cores=32)
+    auto = plan_variant(v, "UD-IQ1_S", box)
+    forced = plan_variant(v, "UD-IQ1_S", box, experts_on="cpu")
+    n = auto.experts_in_ram
+    assert auto.fits and auto.verdict == "gpu" and auto.experts_on == "cpu"
+    assert 0 < n < auto.n_layers and forced.experts_in_ram == auto.n_layers
+    _within(auto, box)
+    assert auto.vram_bytes > forced.vram_bytes and auto.ram_bytes < forced.ram_bytes
+    assert auto.tok_s_low > forced.tok_s_low and auto.tok_s_high > forced.tok_s_high
+    # the fewest: one block fewer in RAM would not fit the GPU
+    shape = shape_from_variant(v, "UD-IQ1_S")
+    fewer = _split(shape, auto.n_gpu_layers, auto.n_ctx, auto.kv_type, True, 1, False, True, n - 1)
+    assert not _fits(fewer, rb(box), vb(box), False)
+    (pattern,) = auto.cpu_tensors
+    for i in range(auto.n_layers):
+        for t in ("ffn_up_exps", "ffn_gate_exps", "ffn_down_exps"):
+            assert bool(re.search(pattern, f"blk.{i}.{t}.weight")) == (i < n), (i, t)
+        assert not re.search(pattern, f"blk.{i}.ffn_up_shexp.weight")
+        assert not re.search(pattern, f"blk.{i}.attn_kv_a_mqa.weight")
+    assert f"experts of layers 0-{n - 1} in RAM" in auto.placement
+    assert f"layers 0-{n - 1}'s routed experts" in auto.reason

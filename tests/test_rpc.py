@@ -360,6 +360,7 @@ def test_each_worker_holds_what_the_plan_puts_there(workers, smollm2):
     from r1local.ggufinfo import read_model_header
     from r1local.planner import kv_cache_bytes
     from r1local.shapes import shape_from_gguf
+    from r1local.units import fmt_bytes
 
     a, b = workers(), workers()
     idle = {w.endpoint: psutil.Process(w.proc.pid).memory_info().rss for w in (a, b)}
@@ -375,6 +376,9 @@ def test_each_worker_holds_what_the_plan_puts_there(workers, smollm2):
                                         part.n_blocks)
                        + ((shape.embd_bytes if shape.tied else shape.out_bytes) if part.output else 0))
             assert part.bytes >= planned  # what fits is judged with the compute on top
+            # the start line's figure is what the worker holds, the compute said apart
+            assert part.bytes - part.compute == planned and part.compute > 0
+            assert f"({fmt_bytes(planned)} + {fmt_bytes(part.compute)} compute)" in engine.rpc_split.line()
             assert abs(held - planned) <= 0.10 * planned, (w.endpoint, held >> 20, planned >> 20)
     finally:
         engine.close()

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from r1local import rpc
+    from r1local import rpc, rpc_liveness
     from r1local.errors import UsageError
     from r1local.planner import worker_offer
     from r1local.units import fmt_bytes, parse_size
@@ -82,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
           + (f", tensor cache {cache}" if cache else "")
           + f"; use it with `r1local run MODEL --rpc {server.endpoint}`. Ctrl-C stops it.",
           file=sys.stderr, flush=True)
+    # a client that vanishes (pulled cable, powered off) is let go, so the next one is served
+    rpc_liveness.watch(rpc_liveness.from_clients(args.port))
     server.start()
     while not server.wait(0.5):
         pass
