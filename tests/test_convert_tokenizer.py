@@ -131,3 +131,59 @@ def test_token_types_of_the_small_tokenizer(tmp_path):
     assert v.special_ids == {"bos_token_id": info["bos_id"], "eos_token_id": info["eos_id"]}
     assert v.add_bos and not v.add_eos
     shutil.rmtree(tmp_path)
+
+
+# ---- the 671B R1's own tokenizer (DeepSeek-V3's) ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def converted_v3(tmp_path_factory) -> tuple[Path, Path]:
+    from quantize import convert
+
+    src = hfc.v3_tokenizer_checkpoint()
+    out = tmp_path_factory.mktemp("v3tok") / "v3tok-F16.gguf"
+    return src, convert(src, out, "F16", progress=False)
+
+
+def test_a_deepseek_v3_checkpoint_carries_the_real_v3_tokenizer(converted_v3):
+    """DeepSeek-V3's vocabulary, merges, special tokens and chat template, padded to the
+    model's 129280 rows, with llama.cpp's deepseek-v3 pre-tokenizer found from behaviour."""
+    src, gguf = converted_v3
+    md = _metadata(gguf).metadata
+    tok = json.loads((src / "tokenizer.json").read_text("utf-8"))
+    config = json.loads((src / "tokenizer_config.json").read_text("utf-8"))
+    assert md["general.architecture"] == "deepseek2"
+    assert md["tokenizer.ggml.model"] == "gpt2" and md["tokenizer.ggml.pre"] == "deepseek-v3"
+    tokens = md["tokenizer.ggml.tokens"]
+    assert len(tokens) == model_fixtures.V3_VOCAB_SIZE
+    every = {**tok["model"]["vocab"], **{t["content"]: t["id"] for t in tok["added_tokens"]}}
+    assert len(every) == 128815
+    assert all(tokens[i] == t for t, i in every.items())
+    assert [" ".join(m) if isinstance(m, list) else m for m in tok["model"]["merges"]] == \
+        list(md["tokenizer.ggml.merges"])
+    types = md["tokenizer.ggml.token_type"]
+    assert types[every["<think>"]] in (3, 4) and types[every["<｜User｜>"]] in (3, 4)
+    # the rows past the tokenizer's: llama.cpp's padding, unused
+    assert tokens[128815:] == [f"[PAD{i}]" for i in range(128815, len(tokens))]
+    assert set(types[128815:]) == {5}
+    assert md["tokenizer.ggml.bos_token_id"] == every["<｜begin▁of▁sentence｜>"]
+    assert md["tokenizer.ggml.eos_token_id"] == every["<｜end▁of▁sentence｜>"]
+    assert md["tokenizer.chat_template"] == config["chat_template"]
+
+
+def test_llama_cpp_tokenizes_v3_text_like_hf_tokenizers(converted_v3):
+    import llama_cpp
+    from tokenizers import Tokenizer
+
+    src, gguf = converted_v3
+    hf = Tokenizer.from_file(str(src / "tokenizer.json"))
+    llm = llama_cpp.Llama(str(gguf), vocab_only=True, verbose=False)
+    try:
+        for text in TEXTS:
+            want = hf.encode(text, add_special_tokens=True).ids
+            got = llm.tokenize(text.encode(), add_bos=True, special=True)
+            assert got == want, text
+            # no BOS from either (V3's chat template writes it): detokenize all of it
+            assert got[0] != llm.token_bos()
+            assert llm.detokenize(got, special=True).decode() == text
+    finally:
+        llm.close()
