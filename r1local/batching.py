@@ -219,6 +219,11 @@ class Scheduler:
         return bool(self._waiting) and len(self._waiting[0]) <= free
 
     def _admit(self) -> None:
+        for group in [g for g in self._waiting if all(j.stream.cancel.is_set() for j in g)]:
+            self._waiting.remove(group)  # given up while it waited: no slot's cache spent
+            for job in group:
+                job.reply.cancelled()
+                self._finish(job)
         while self._admissible():
             group = self._waiting.pop(0)
             lead = group[0]

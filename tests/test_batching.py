@@ -133,6 +133,23 @@ def test_cancelling_one_sequence_leaves_the_others_running(smol_alone, smol_batc
     assert [text(s) for s in streams + others] == alone
 
 
+def test_a_reply_given_up_while_it_waits_for_a_slot_never_takes_one(smol_alone, smol_batched):
+    """Every slot busy, one more reply queued and then cancelled: it ends without reading a
+    token of its prompt (no slot's cache is spent on it) and the others run as alone."""
+    sched = smol_batched._scheduler
+    settings = [GenerationSettings(temperature=0.9, seed=s, max_tokens=20) for s in (5, 6, 7, 8)]
+    alone = [text(smol_alone.chat(POEM, s)) for s in settings]
+    cancel = threading.Event()
+    moon = [{"role": "user", "content": "Tell me about the moon, at length."}]
+    with sched._cv:  # all queued before the loop looks: the last waits for a slot
+        streams = [smol_batched.chat(POEM, s) for s in settings]
+        late = smol_batched.chat(moon, GenerationSettings(max_tokens=50), cancel=cancel)
+    cancel.set()
+    assert text(late) == ""
+    assert late.stats.finish_reason == "cancelled" and late.stats.prompt_eval_tokens == 0
+    assert [text(s) for s in streams] == alone
+
+
 def test_a_later_reply_keeps_the_cached_prefix_of_an_earlier_one(smol_batched):
     chat = [{"role": "user", "content": "Tell me about the moon."}]
     greedy = GenerationSettings(temperature=0.0, max_tokens=8)

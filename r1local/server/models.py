@@ -1,4 +1,6 @@
-"""The model manager: names to engines, loaded on first use, one request at a time per model.
+"""The model manager: names to engines, loaded on first use, as many requests at once per
+model as its engine decodes together (a batched engine also holds as many more, prepared,
+in its own queue).
 
 - A name is resolved, planned and loaded through r1local.session, as `r1local run` does: the
   store (store name, catalog tag, alias), or a path to a .gguf where the NamePolicy (names.py)
@@ -58,13 +60,26 @@ class Loaded:
     keep_alive: float = 300.0
     pinned: bool = False  # the --model given at start: never expires
     default_ctx: int = 0  # the context a request without num_ctx gets (<= engine.n_ctx)
-    active: int = 0  # requests generating now (at most the engine's n_parallel)
-    free: asyncio.Semaphore = field(default_factory=asyncio.Semaphore)  # decode slots left
-    idle: asyncio.Event = field(default_factory=asyncio.Event)  # set while none is active
+    leased: int = 0  # requests given the engine now: generating, or staged in its scheduler
+    free: asyncio.Semaphore = field(default_factory=asyncio.Semaphore)  # leases left
+    idle: asyncio.Event = field(default_factory=asyncio.Event)  # set while none is leased
 
     def __post_init__(self) -> None:
-        self.free = asyncio.Semaphore(max(1, int(getattr(self.engine, "n_parallel", 1) or 1)))
+        # A batched engine also takes one prepared request per decode slot into its own
+        # queue: it starts there in the very step a reply ends, where a request woken only
+        # then would miss that step (its template and tokens still to make).
+        self.free = asyncio.Semaphore(self.parallel * (2 if _batched(self.engine) else 1))
         self.idle.set()
+
+    @property
+    def parallel(self) -> int:
+        return max(1, int(getattr(self.engine, "n_parallel", 1) or 1))
+
+    @property
+    def active(self) -> int:
+        """Requests generating now (at most the engine's n_parallel); the rest of those
+        leased wait in its scheduler, and count as waiting."""
+        return min(self.leased, self.parallel)
 
     @property
     def size(self) -> int:
@@ -76,6 +91,11 @@ class Loaded:
     @property
     def vram_bytes(self) -> int:
         return int(getattr(self.plan, "vram_bytes", 0) or 0) if self.plan is not None else 0
+
+
+def _batched(engine: Any) -> bool:
+    """Whether the engine decodes through a batching.Scheduler (which queues what waits)."""
+    return getattr(engine, "_scheduler", None) is not None
 
 
 @dataclass
@@ -324,7 +344,7 @@ class ModelManager:
                 log.info("%s", loaded_line(slot))
             slot.expires_at = None  # in use
             await slot.free.acquire()  # a decode slot: the lock keeps the order
-            slot.active += 1
+            slot.leased += 1
             slot.idle.clear()
             return Lease(slot, load_seconds, queued)
         except BaseException:
@@ -365,9 +385,9 @@ class ModelManager:
             slot.expires_at = None
         else:
             slot.expires_at = None if ka < 0 else now + ka
-        slot.active -= 1
+        slot.leased -= 1
         slot.free.release()
-        if slot.active == 0:
+        if slot.leased == 0:
             slot.idle.set()
         q = self._queues[slot.key]
         q.pending -= 1
