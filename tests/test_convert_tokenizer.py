@@ -55,11 +55,12 @@ def test_gguf_carries_the_real_r1_tokenizer(converted, r1_header):
     assert ours.metadata["tokenizer.ggml.pre"] == "deepseek-r1-qwen"
 
 
-def test_llama_cpp_tokenizes_like_hf_tokenizers(converted):
+def _tokenizes_like_hf(src: Path, gguf: Path, *, bos: bool) -> None:
+    """llama.cpp on ``gguf`` tokenizes TEXTS as HF tokenizers does on ``src``'s
+    tokenizer.json (a BOS first or not, as ``bos`` says), and detokenizes back to them."""
     import llama_cpp
     from tokenizers import Tokenizer
 
-    src, gguf = converted
     hf = Tokenizer.from_file(str(src / "tokenizer.json"))
     llm = llama_cpp.Llama(str(gguf), vocab_only=True, verbose=False)
     try:
@@ -67,10 +68,15 @@ def test_llama_cpp_tokenizes_like_hf_tokenizers(converted):
             want = hf.encode(text, add_special_tokens=True).ids
             got = llm.tokenize(text.encode(), add_bos=True, special=True)
             assert got == want, text
+            assert (got[0] == llm.token_bos()) == bos, text
             # and back: llama.cpp detokenizes to the original bytes
-            assert llm.detokenize(got[1:], special=True).decode() == text
+            assert llm.detokenize(got[1:] if bos else got, special=True).decode() == text
     finally:
         llm.close()
+
+
+def test_llama_cpp_tokenizes_like_hf_tokenizers(converted):
+    _tokenizes_like_hf(*converted, bos=True)
 
 
 @pytest.mark.parametrize("family,expected", [("llama", "llama-bpe"), ("qwen", "qwen2")])
@@ -171,19 +177,5 @@ def test_a_deepseek_v3_checkpoint_carries_the_real_v3_tokenizer(converted_v3):
 
 
 def test_llama_cpp_tokenizes_v3_text_like_hf_tokenizers(converted_v3):
-    import llama_cpp
-    from tokenizers import Tokenizer
-
-    src, gguf = converted_v3
-    hf = Tokenizer.from_file(str(src / "tokenizer.json"))
-    llm = llama_cpp.Llama(str(gguf), vocab_only=True, verbose=False)
-    try:
-        for text in TEXTS:
-            want = hf.encode(text, add_special_tokens=True).ids
-            got = llm.tokenize(text.encode(), add_bos=True, special=True)
-            assert got == want, text
-            # no BOS from either (V3's chat template writes it): detokenize all of it
-            assert got[0] != llm.token_bos()
-            assert llm.detokenize(got, special=True).decode() == text
-    finally:
-        llm.close()
+    # no BOS from either: V3's chat template writes it
+    _tokenizes_like_hf(*converted_v3, bos=False)
