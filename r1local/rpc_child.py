@@ -172,7 +172,7 @@ class RemoteEngine:
             why = _unreachable(ep)
             if why:
                 port = ep.rpartition(":")[2]
-                fix = (f"check that machine and the network to it (a pulled cable looks like this)"
+                fix = ("check that machine and the network to it (a pulled cable looks like this)"
                        if why.startswith("did not answer") else
                        f"start `r1local worker --port {port}` there again")
                 return WorkerLostError(
