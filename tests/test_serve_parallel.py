@@ -95,13 +95,15 @@ def test_the_queue_bound_counts_the_waiting_beside_the_running(r1_standin):
                       "options": {"num_predict": 3}})
             deadline = time.monotonic() + 10
             slot = srv.manager.loaded[key]
-            while ((srv.manager._queues[key].pending < 3 or slot.leased < 3)
-                   and time.monotonic() < deadline):
+            sched = slot.engine._scheduler
+            # leased first, then (its template and tokens made) in the scheduler's queue
+            while ((srv.manager._queues[key].pending < 3 or slot.leased < 3
+                    or not sched._waiting) and time.monotonic() < deadline):
                 time.sleep(0.02)
             # the third waits prepared in the engine's own queue, to start in the step a
             # slot frees; it counts as waiting, not as running
             assert slot.leased == 3 and slot.active == 2
-            assert len(slot.engine._scheduler._waiting) == 1
+            assert len(sched._waiting) == 1
             over = httpx.post(f"{srv.url}/api/generate", timeout=10, json={
                 "model": model, "prompt": "hi", "options": {"num_predict": 1}})
             assert over.status_code == 503 and "busy" in over.json()["error"], over.text
