@@ -166,7 +166,8 @@ def endpoints_from(value: str | None) -> list[str] | None:
     return parse_endpoints(text) if text.strip() else None
 
 
-def _split(endpoint: str) -> tuple[str, int]:
+def split_endpoint(endpoint: str) -> tuple[str, int]:
+    """(host, port) of a host:port (an IPv6 host in brackets) that parse_endpoints passed."""
     host, _, port = endpoint.rpartition(":")
     return host.strip("[]"), int(port)
 
@@ -174,7 +175,7 @@ def _split(endpoint: str) -> tuple[str, int]:
 def hello(endpoint: str, timeout: float = HELLO_TIMEOUT_S) -> tuple[int, int, int]:
     """The worker's protocol version, asked over a socket of our own: RpcError (naming the
     worker) when it is down, busy, not an RPC worker, or speaks another version."""
-    host, port = _split(endpoint)
+    host, port = split_endpoint(endpoint)
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.sendall(bytes([HELLO_CMD]) + struct.pack("<Q", CONN_CAPS) + bytes(CONN_CAPS))

@@ -127,15 +127,12 @@ def _addresses(host: str) -> set[str]:
 
 def to_workers(endpoints: Iterable[str]) -> Match:
     """A client's connections to these workers (host:port, as --rpc names them)."""
+    from r1local.rpc import split_endpoint
+
     wanted: set[tuple[str, int]] = set()
     for ep in endpoints:
-        host, _, port = ep.rpartition(":")
-        host = host.strip("[]")
-        try:
-            number = int(port)
-        except ValueError:
-            continue
-        wanted |= {(_unmapped(addr), number) for addr in _addresses(host)}
+        host, port = split_endpoint(ep)
+        wanted |= {(_unmapped(addr), port) for addr in _addresses(host)}
     return lambda local, peer: (_unmapped(peer[0]), peer[1]) in wanted
 
 
