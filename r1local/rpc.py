@@ -39,6 +39,14 @@ DEV_CPU, DEV_GPU, DEV_IGPU = 0, 1, 2  # enum ggml_backend_dev_type
 # struct ggml_backend_device (ggml-backend-impl.h): 15 interface pointers, reg, context
 DEVICE_WORDS, GET_MEMORY_SLOT, INIT_BACKEND_SLOT = 17, 2, 5
 
+# llama.cpp's CPU backend runs a graph on OpenMP threads, which by GOMP's default spin for
+# 300,000 rounds (milliseconds) after each graph before they sleep. Over RPC a token's layers
+# run in one process after another, so where they share cores (loopback, or a worker beside
+# the client) the spinning threads of the process that just finished take the cores from the
+# one whose turn it is: two loopback workers decoded at 0.49x of one process. A short spin
+# still covers the gaps between a graph's ops. Set before libggml loads; the user's own wins.
+OMP_SPIN = ("GOMP_SPINCOUNT", "3000")
+
 SECURITY_NOTE = (
     "llama.cpp's RPC protocol has no authentication and no encryption: anyone who can reach "
     "this port can run code on this machine's memory. Reach it only over a trusted network, "
@@ -57,6 +65,14 @@ class Worker:
     free_bytes: int  # what the worker offers (its --mem)
     total_bytes: int
     device: int = 0  # ggml device handle in this process (0 until registered)
+
+
+def spin_briefly(env: dict | None = None) -> dict:
+    """Shorten the OpenMP threads' idle spin in `env` (this process's environment by default,
+    so call it before llama_cpp is imported); returns `env`."""
+    env = os.environ if env is None else env
+    env.setdefault(*OMP_SPIN)
+    return env
 
 
 # ---------------------------------------------------------------------------

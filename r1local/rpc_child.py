@@ -20,7 +20,7 @@ import threading
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from r1local.rpc import RpcError
+from r1local.rpc import RpcError, spin_briefly
 
 if TYPE_CHECKING:
     from r1local.engine import Chunk, GenerationSettings, Stats
@@ -85,7 +85,7 @@ class RemoteEngine:
         # the child's stdout is never ours (it is the answer in `run`); its stderr is kept
         # for the error message unless --verbose shows llama.cpp's log as it comes
         self._log = None if self._verbose else tempfile.TemporaryFile()
-        env = {**os.environ, "GGML_NO_BACKTRACE": "1"}  # an abort: no debugger attached
+        env = spin_briefly({**os.environ, "GGML_NO_BACKTRACE": "1"})  # GGML_...: no debugger on an abort
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "r1local.rpc_child", str(child.fileno())],
             pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,

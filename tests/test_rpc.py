@@ -59,13 +59,13 @@ def free_port() -> int:
 class WorkerProcess:
     """`r1local worker` in a subprocess, up once it answers llama.cpp's hello."""
 
-    def __init__(self, *args: str, port: int | None = None) -> None:
+    def __init__(self, *args: str, port: int | None = None, env: dict | None = None) -> None:
         self.port = port or free_port()
         self.endpoint = f"127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "r1local", "worker", "--port", str(self.port), *args],
             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True)
+            text=True, env={**os.environ, **(env or {})})
         deadline = time.monotonic() + 60
         while True:
             if self.proc.poll() is not None:
@@ -97,8 +97,8 @@ class WorkerProcess:
 def workers(rpc_build):
     started: list[WorkerProcess] = []
 
-    def start(*args: str, port: int | None = None) -> WorkerProcess:
-        w = WorkerProcess(*args, port=port)
+    def start(*args: str, port: int | None = None, env: dict | None = None) -> WorkerProcess:
+        w = WorkerProcess(*args, port=port, env=env)
         started.append(w)
         return w
 
@@ -427,3 +427,32 @@ def test_a_model_over_workers_answers_like_one_in_process(workers, micro_reasone
     finally:
         remote.close()
     assert remote._proc is None  # the child is gone with close
+
+
+def test_the_rpc_processes_spin_only_briefly_once_a_graph_is_done(workers, micro_reasoner):
+    """On shared cores a process whose layers are done must give the cores up at once to the
+    next one in the token's chain (rpc.OMP_SPIN). Measured as the CPU time two workers spend
+    on the same replies: one as r1local starts it, one told to spin as GOMP does by default;
+    the user's own setting wins, and the child that holds the model gets ours."""
+    import psutil
+
+    from r1local import rpc_child
+    from r1local.engine import GenerationSettings
+
+    brief = workers()
+    spinning = workers(env={"GOMP_SPINCOUNT": "300000"})
+    # 60 tokens every time, each a graph on every worker
+    s = GenerationSettings(temperature=0, top_k=1, seed=7, grammar='root ::= "x "{60}',
+                           loop_guard=False)
+    engine, _, _ = rpc_child.open_model(str(micro_reasoner), rpc=[brief.endpoint, spinning.endpoint])
+    try:
+        env = Path(f"/proc/{engine._proc.pid}/environ").read_bytes().split(b"\0")
+        assert f"{rpc.OMP_SPIN[0]}={rpc.OMP_SPIN[1]}".encode() in env
+        list(engine.complete("Count:", GenerationSettings(max_tokens=2)))  # warm-up
+        procs = [psutil.Process(w.proc.pid) for w in (brief, spinning)]
+        before = [sum(p.cpu_times()[:2]) for p in procs]
+        list(engine.complete("Count:", s))
+        used = [sum(p.cpu_times()[:2]) - b for p, b in zip(procs, before)]
+    finally:
+        engine.close()
+    assert used[1] > 3 * used[0], used
