@@ -11,7 +11,7 @@ or copied prefix measured bit-identical to evaluating it again, so every reply k
 seeded or not (llama-server does the same). One thread runs the loop:
 
 - a new reply takes a free slot, keeping the longest prefix cached in that slot or
-  copying another slot's stream that shares more (llama_memory_seq_cp);
+  copying the cells of another slot's stream that shares more;
 - every step is one llama_decode: one token for every running reply, each sampled at its
   own row through its own rules (r1local.reply), and in the room the batch has left the
   next pieces of the prompts still being read (oldest first), so a long prompt joins
@@ -255,10 +255,9 @@ class Scheduler:
         donor = max(self._slots, key=lambda s: _common(s.tokens, prompt))
         share = min(_common(donor.tokens, prompt), limit)
         if donor is not slot and share > keep:
-            self._rm(slot.seq, 0)
-            self._cp(donor.seq, slot.seq)
-            slot.tokens = list(donor.tokens)
-            keep = share
+            copied = self._cp(donor.seq, [slot.seq])
+            slot.tokens = list(donor.tokens) if copied else []
+            keep = share if copied else 0
         self._rm(slot.seq, keep)
         slot.tokens = slot.tokens[:keep]
         job.todo = list(prompt[keep:])
@@ -286,24 +285,31 @@ class Scheduler:
 
     def _decode(self, jobs: list[_Job], reading: list[_Job]) -> None:
         """``jobs``' next tokens and pieces of ``reading``'s prompts, in one llama_decode."""
-        entries = [(job.slot, job.feed, True) for job in jobs]
-        rows = []
-        n = 0
-        for job in jobs:
-            n += len(job.feed)
-            rows.append(n - 1)  # each job's logits: its last token's row
-        read: list[tuple[_Job, int]] = []  # the prompts that end in this batch, at their row
+        parts = [(job, job.feed, True) for job in jobs]
+        n = sum(len(job.feed) for job in jobs)
         pieces = 0
         for job in reading:
             room = self.n_batch - n
             if room < 1:
                 break
             chunk, job.todo = job.todo[:room], job.todo[room:]
-            entries.append((job.slot, chunk, not job.todo))
+            parts.append((job, chunk, not job.todo))
             n += len(chunk)
             pieces += 1
-            if not job.todo:
-                read.append((job, n - 1))
+        # Over several KV streams llama.cpp cuts a batch into ubatches of consecutive
+        # sequence ids in batch order (llama_batch_allocr::split_equal), each one more pass
+        # over the weights: so the batch goes in sequence order. Replies in the order they
+        # came made 6.4 passes of a 16-sequence step.
+        parts.sort(key=lambda p: p[0].slot.seq)
+        entries = [(job.slot, tokens, logits) for job, tokens, logits in parts]
+        row: dict[int, int] = {}  # id(job) -> the batch row of its last token
+        n = 0
+        for job, tokens, _ in parts:
+            n += len(tokens)
+            row[id(job)] = n - 1
+        # the prompts that end in this batch, at their row
+        read = [(job, row[id(job)]) for job in reading[:pieces] if not job.todo]
+        rows = [row[id(job)] for job in jobs]
         t0 = time.perf_counter()
         self._fill(entries)
         self._run_batch()
@@ -324,9 +330,14 @@ class Scheduler:
         every member of its group samples its first token from there."""
         members = [job, *(f for f in job.followers if not f.done)]
         job.followers = []
-        for follower in members[1:]:  # the same prompt: copy the stream, skip the work
-            self._rm(follower.slot.seq, 0)
-            self._cp(job.slot.seq, follower.slot.seq)
+        # the same prompt: copy its cells, skip the work
+        if len(members) > 1 and not self._cp(job.slot.seq, [f.slot.seq for f in members[1:]]):
+            for follower in members[1:]:  # not copied: each reads the prompt itself
+                follower.slot.tokens = []
+                follower.todo = list(follower.reply.prompt)
+                follower.reply.stats.prompt_eval_tokens = len(follower.todo)
+            members = [job]
+        for follower in members[1:]:
             follower.slot.tokens = list(job.slot.tokens)
             follower.reply.stats.prompt_eval_tokens = 0
             follower.reply.stats.prompt_seconds = job.reply.stats.prompt_seconds
@@ -408,11 +419,25 @@ class Scheduler:
 
         llama_cpp.llama_memory_seq_rm(self._mem, seq, p0, -1)
 
-    def _cp(self, src: int, dst: int) -> None:
-        """A whole stream copied (llama.cpp copies across streams whole, at the next decode)."""
+    def _cp(self, src: int, dsts: list[int]) -> bool:
+        """The cells ``src`` holds copied into each of ``dsts`` (their own cells dropped first);
+        False if llama.cpp could not, and then every one of ``dsts`` is left empty.
+        Through llama.cpp's per-sequence state, which holds only the cells in use:
+        llama_memory_seq_cp across streams copies the whole stream's buffers, a slot's full
+        context of KV (47 MiB for SmolLM2's 2048 tokens; GiBs for an 8B model's 8192)."""
+        import ctypes
+
         import llama_cpp
 
-        llama_cpp.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
+        ctx = self.ctx.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, src)
+        buf = (ctypes.c_uint8 * size).from_buffer(bytearray(size))
+        n = llama_cpp.llama_state_seq_get_data(ctx, buf, size, src)
+        if n and all(llama_cpp.llama_state_seq_set_data(ctx, buf, n, dst) for dst in dsts):
+            return True
+        for dst in dsts:
+            self._rm(dst, 0)
+        return False
 
 
 def _common(a: Sequence[int], b: Sequence[int]) -> int:

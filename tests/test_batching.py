@@ -182,6 +182,38 @@ def test_prompts_that_arrive_together_are_read_in_one_decode(smol_alone, smol_ba
     assert sched.decodes - decodes == longest
 
 
+def test_replies_in_any_order_of_slots_decode_in_one_pass_a_step(smol_alone, smol_batched):
+    """Over several KV streams llama.cpp makes one pass over the weights of a batch only
+    for consecutive sequence ids in batch order. Replies admitted in the reverse order of
+    their slots are still one pass a step: seen in llama.cpp's graph reuse, since a pass
+    reuses the graph of the one before only if the same sequences make it up (one pass per
+    sequence, each on another sequence than the last, reuses none)."""
+    import llama_cpp
+
+    sched = smol_batched._scheduler
+    prompts = [[{"role": "user", "content": q}] for q in
+               ("Name a color.", "Name a planet.", "Name a river.", "Name a tree.")]
+    greedy = GenerationSettings(temperature=0.0, max_tokens=24, loop_guard=False)
+    alone = [text(smol_alone.chat(p, greedy)) for p in prompts]
+    sched.forget()
+    seq_of = []  # each prompt cached in a slot of its own
+    for p in prompts:
+        text(smol_batched.chat(p, GenerationSettings(temperature=0.0, max_tokens=1)))
+        seq_of.append(max(sched._slots, key=lambda s: s.last_used).seq)
+    assert sorted(seq_of) == [0, 1, 2, 3]
+    order = sorted(range(4), key=lambda i: -seq_of[i])  # the last slot's prompt first
+    ctx = sched.ctx.ctx
+    reused, steps = llama_cpp.llama_perf_context(ctx).n_reused, sched.steps
+    with sched._cv:  # the loop waits until all four are queued
+        streams = [smol_batched.chat(prompts[i], greedy) for i in order]
+    assert [text(s) for s in streams] == [alone[i] for i in order]
+    reused = llama_cpp.llama_perf_context(ctx).n_reused - reused
+    steps = sched.steps - steps
+    # every step reuses the last one's graph but where a reply has just ended (and the
+    # first, after the prompts' last tokens); one pass per sequence would reuse none
+    assert steps > 10 and reused >= steps - 5, (reused, steps)
+
+
 def test_a_seeded_reply_keeps_a_cached_prefix_and_its_text(smol_alone, smol_batched):
     seeded = GenerationSettings(temperature=0.9, seed=5, max_tokens=16)
     alone = text(smol_alone.chat(POEM, seeded))
