@@ -424,7 +424,7 @@ class Scheduler:
         False if llama.cpp could not, and then every one of ``dsts`` is left empty.
         Through llama.cpp's per-sequence state, which holds only the cells in use:
         llama_memory_seq_cp across streams copies the whole stream's buffers, a slot's full
-        context of KV (47 MiB for SmolLM2's 2048 tokens; GiBs for an 8B model's 8192)."""
+        context of KV (45 MiB for SmolLM2's 2048 tokens; 1 GiB for an 8B model's 8192)."""
         import ctypes
 
         import llama_cpp
