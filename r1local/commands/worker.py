@@ -37,10 +37,10 @@ def run(args: argparse.Namespace) -> int:
 
     from r1local import rpc, rpc_liveness
     from r1local.errors import UsageError
-
-    rpc.spin_briefly()  # before llama_cpp loads: see rpc.OMP_SPIN
     from r1local.planner import worker_offer
     from r1local.units import fmt_bytes, parse_size
+
+    rpc.spin_briefly()  # before llama_cpp loads: see rpc.OMP_SPIN
 
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port} is out of range (1-65535)")
